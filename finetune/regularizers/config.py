@@ -1,0 +1,84 @@
+"""Recipe sections for the two regulariser families: ``constraint:`` and ``penalty:``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+from typing import Literal
+
+from finetune.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ConstraintConfig:
+    """The projection applied after every optimiser step (``norm: none`` = no projection).
+
+    ``radius`` is one number for every pretrained group, a ``{group: radius}`` mapping, or,
+    with ``scale`` set, the base of the layer-wise schedule ``radius * scale**depth``.
+    """
+
+    norm: Literal["none", "mars", "frob"] = "none"
+    radius: float | dict[str, float] = math.inf
+    scale: float | None = None
+    head_radius: float = math.inf
+    relative: bool = False
+    mode: Literal["rescale", "exact"] = "rescale"
+
+    def __post_init__(self) -> None:
+        values = self.radius.values() if isinstance(self.radius, dict) else [self.radius]
+        for value in (*values, self.head_radius):
+            if not value > 0:
+                raise ConfigError(
+                    f"constraint radii must be > 0 (.inf leaves a layer free), got {value!r}"
+                )
+        if self.scale is not None:
+            if not self.scale > 0:
+                raise ConfigError(f"constraint.scale must be > 0, got {self.scale!r}")
+            if isinstance(self.radius, dict):
+                raise ConfigError(
+                    "constraint.scale needs one base radius, not a per-group mapping"
+                )
+        if self.norm == "none" and (
+            isinstance(self.radius, dict)
+            or math.isfinite(self.radius)
+            or math.isfinite(self.head_radius)
+        ):
+            raise ConfigError(
+                "constraint radii are set but constraint.norm is 'none'; "
+                "set constraint.norm to mars or frob"
+            )
+
+
+@dataclass(frozen=True)
+class PenaltyConfig:
+    """The loss term. ``alpha`` weighs the pretrained layers, ``beta`` the new head.
+
+    ``include`` (l2-sp, frob-sp, mars-sp): ``weights`` = conv/linear weights as in the
+    L2-SP authors' code, ``all`` = every pretrained parameter. ``layers``, ``probe_epochs``
+    and ``ablation_batches`` are DELTA's (empty ``layers``: the last conv of each stage).
+    """
+
+    name: str = "none"
+    alpha: float = 0.01
+    beta: float = 0.01
+    include: Literal["weights", "all"] = "weights"
+    layers: tuple[str, ...] = ()
+    probe_epochs: int = 10
+    ablation_batches: int = 4
+
+    def __post_init__(self) -> None:
+        from finetune.regularizers._registry import list_penalties
+
+        if self.name not in list_penalties():
+            raise ConfigError(
+                f"penalty.name {self.name!r} is not a penalty; "
+                f"choose from {', '.join(list_penalties())}"
+            )
+        for key in ("alpha", "beta"):
+            value = getattr(self, key)
+            if not value >= 0:
+                raise ConfigError(f"penalty.{key} must be >= 0, got {value!r}")
+        for key in ("probe_epochs", "ablation_batches"):
+            value = getattr(self, key)
+            if value < 1:
+                raise ConfigError(f"penalty.{key} must be >= 1, got {value!r}")

@@ -1,0 +1,192 @@
+"""One fine-tuning run from a recipe to a result, reported as events.
+
+This is what the worker process executes; ``tether finetune`` runs it in the foreground.
+Events are plain dicts (the JSON-lines protocol of :mod:`finetune.worker`):
+``start``, one ``epoch`` per epoch, then ``result``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import hashlib
+import json
+import os
+from pathlib import Path
+import platform
+import sys
+import time
+from typing import Any
+
+import torch
+
+import finetune
+from finetune.data import BatchTransform
+from finetune.data import Split
+from finetune.data import TaskData
+from finetune.data import load_task
+from finetune.layers import layer_groups
+from finetune.models import BuiltModel
+from finetune.models import build_model
+from finetune.models.digits_cnn import pretrained_source_checkpoint
+from finetune.recipe import Recipe
+from finetune.regularizers import PenaltyContext
+from finetune.regularizers import ProjectionPlan
+from finetune.regularizers import Reference
+from finetune.regularizers import build_constraint
+from finetune.regularizers import build_penalty
+from finetune.regularizers import collect_targets
+from finetune.training.loop import Device
+from finetune.training.loop import EpochStats
+from finetune.training.loop import Trainer
+from finetune.training.loop import evaluate
+
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+def default_cache_dir() -> Path:
+    """``$TETHER_CACHE_DIR``, else ``$XDG_CACHE_HOME/tether``, else ``~/.cache/tether``."""
+    if "TETHER_CACHE_DIR" in os.environ:
+        return Path(os.environ["TETHER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "tether"
+
+
+def log(message: str) -> None:
+    """Human-readable progress: stderr, never the event stream."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _build(recipe: Recipe, task: TaskData, cache_dir: Path) -> BuiltModel:
+    checkpoint = None
+    if recipe.model.weights == "digits-source" and recipe.model.checkpoint is None:
+        checkpoint = pretrained_source_checkpoint(recipe.data, cache_dir=cache_dir)
+    return build_model(
+        recipe.model,
+        num_classes=len(task.classes),
+        image_size=recipe.data.image_size,
+        checkpoint=checkpoint,
+    )
+
+
+def _cache_key(recipe: Recipe, built: BuiltModel, task: TaskData) -> str:
+    identity = {"model": recipe.model.name, "weights": built.weights, "head": built.head,
+                "data": task.fingerprint}  # fmt: skip
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def versions() -> dict[str, str]:
+    import optuna  # noqa: F401  (recorded so a search can refuse mixed majors)
+    import torchvision
+
+    return {
+        "tether": finetune.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run(
+    recipe: Recipe,
+    *,
+    emit: Emit,
+    cache_dir: Path | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict[str, Any]:
+    """Fine-tune once as ``recipe`` says; emit events; return the ``result`` event.
+
+    Raises:
+        ConfigError: bad input (data, model, checkpoint, group names).
+        Stopped: ``should_stop`` turned true.
+    """
+    started = time.perf_counter()
+    cache_dir = cache_dir if cache_dir is not None else default_cache_dir()
+    cfg = recipe.train
+    seed_everything(cfg.seed)
+    device = Device.resolve(cfg)
+    task = load_task(recipe.data, cache_dir=cache_dir)
+    built = _build(recipe, task, cache_dir)
+    model = built.model.to(device.device)
+    if device.device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    groups = layer_groups(model, head=built.head)
+    targets = collect_targets(model, groups)
+    reference = Reference(targets)
+    eval_transform = BatchTransform(recipe.data, train=False)
+    constraint = build_constraint(
+        recipe.constraint, model, head=built.head, groups=groups, reference=reference
+    )
+    penalty = build_penalty(
+        recipe.penalty,
+        PenaltyContext(
+            model=model, head=built.head, groups=groups,
+            train_images=task.train.images, train_labels=task.train.labels,
+            transform=eval_transform, device=device.device, cache_dir=cache_dir,
+            cache_key=_cache_key(recipe, built, task), seed=cfg.seed,
+        ),
+    )  # fmt: skip
+    train_split: Split = task.train_val() if cfg.refit else task.train
+    val_split = None if cfg.refit else task.val
+    emit(
+        {
+            "event": "start",
+            "recipe": recipe.to_dict(),
+            "device": str(device.device),
+            "amp": None
+            if device.amp_dtype is None
+            else str(device.amp_dtype).removeprefix("torch."),
+            "model": {"name": built.name, "weights": built.weights, "head": built.head},
+            "groups": list(groups.names),
+            "constraint": repr(constraint),
+            "sizes": {"train": len(train_split), "val": len(task.val), "test": len(task.test)},
+            "classes": len(task.classes),
+            "versions": versions(),
+            "pid": os.getpid(),
+        }
+    )
+    trainer = Trainer(
+        model, cfg, device=device, constraint=constraint, penalty=penalty,
+        train_transform=BatchTransform(recipe.data, train=True),
+        eval_transform=eval_transform, should_stop=should_stop,
+    )  # fmt: skip
+    curve: list[dict[str, Any]] = []
+
+    def on_epoch(stats: EpochStats) -> None:
+        event = {"event": "epoch", **stats.__dict__}
+        curve.append(event)
+        emit(event)
+
+    selected = trainer.fit(train_split, val_split, on_epoch=on_epoch)
+
+    def accuracy(split: Split) -> float:
+        return evaluate(
+            model, split, transform=eval_transform, device=device, batch_size=cfg.eval_batch_size
+        ).accuracy
+
+    result: dict[str, Any] = {
+        "event": "result",
+        "val_accuracy": None if val_split is None else accuracy(val_split),
+        "test_accuracy": accuracy(task.test) if cfg.test or cfg.refit else None,
+        "train_accuracy": curve[-1]["train_accuracy"] if curve else None,
+        "selected_epoch": selected,
+        "epochs": len(curve),
+        "distances": ProjectionPlan(targets, reference, groups.names, norm="mars").distances(),
+        "distances_frob": ProjectionPlan(
+            targets, reference, groups.names, norm="frob"
+        ).distances(),
+        "device": str(device.device),
+        "seconds": time.perf_counter() - started,
+    }
+    if task.train.clean_labels is not None and not cfg.refit:
+        result["noisy_fraction"] = float(
+            (task.train.labels != task.train.clean_labels).float().mean()
+        )
+    emit(result)
+    return result
