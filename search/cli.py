@@ -1,0 +1,191 @@
+"""The ``tether`` command line: one small command class per verb, its docstring is its help.
+
+Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, nothing written),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+from collections.abc import Sequence
+import inspect
+import json
+import math
+import os
+import sys
+from typing import Any
+
+from finetune import __version__
+from finetune.errors import ConfigError
+
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class Command(abc.ABC):
+    """A verb of the ``tether`` command."""
+
+    name: str
+
+    @abc.abstractmethod
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    @abc.abstractmethod
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _percent(value: object) -> str:
+    return "-" if not isinstance(value, int | float) else f"{100 * value:5.1f}%"
+
+
+class ProgressPrinter:
+    """Events in, human lines out: one line per epoch on stderr, the result on stdout."""
+
+    def __init__(self, *, json_lines: bool) -> None:
+        self.json_lines = json_lines
+        self.epochs = 0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if self.json_lines:
+            print(json.dumps(event), flush=True)
+        if kind == "start":
+            self.epochs = int(event["recipe"]["train"]["epochs"])
+            sizes = event["sizes"]
+            print(
+                f"{event['model']['name']} ({event['model']['weights']}) on {event['device']}: "
+                f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test images, "
+                f"{event['classes']} classes; {event['constraint']}",
+                file=sys.stderr,
+            )
+        elif kind == "epoch":
+            val = event["val_accuracy"]
+            print(
+                f"epoch {event['epoch']:>3}/{self.epochs}  "
+                f"train loss {event['train_loss']:.4f} acc {_percent(event['train_accuracy'])}  "
+                f"val acc {_percent(val)}  lr {event['lr']:.2g}  {event['seconds']:.1f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif kind == "result" and not self.json_lines:
+            print(format_result(event))
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The final result as a short table: accuracies, then the distance moved per group."""
+    lines = [
+        f"val accuracy   {_percent(result['val_accuracy'])}",
+        f"test accuracy  {_percent(result['test_accuracy'])}",
+        f"epoch used     {result['selected_epoch']} of {result['epochs']}",
+        f"time           {result['seconds']:.1f} s on {result['device']}",
+        "distance from the pretrained weights (MARS norm, Frobenius norm):",
+    ]
+    frob = result.get("distances_frob", {})
+    for group, value in result["distances"].items():
+        lines.append(f"  {group:<14} {value:10.4g} {frob.get(group, math.nan):10.4g}")
+    return "\n".join(lines)
+
+
+class FinetuneCommand(Command):
+    """Fine-tune once as a recipe says, in the foreground (progress on stderr)."""
+
+    name = "finetune"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("recipe", help="a recipe file, e.g. configs/digits.yaml")
+        parser.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a recipe value by its dotted path, e.g. --set train.epochs=2",
+        )
+        parser.add_argument(
+            "--json", action="store_true", help="print the worker's JSON-lines events on stdout"
+        )
+        parser.add_argument(
+            "--list-groups",
+            action="store_true",
+            help="list the model's layer groups (the names radii and penalties use) and exit",
+        )
+        parser.add_argument("--cache-dir", default=None, help="default: $TETHER_CACHE_DIR")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from finetune.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe, args.overrides)
+        if args.list_groups:
+            print(_group_table(recipe))
+            return EXIT_OK
+        from finetune.worker import execute
+
+        printer = ProgressPrinter(json_lines=args.json)
+        errors: list[str] = []
+
+        def emit(event: dict[str, Any]) -> None:
+            if event.get("event") == "error":
+                errors.append(event["kind"])
+            printer(event)
+
+        code = execute(recipe.to_dict(), emit=emit, cache_dir=args.cache_dir)
+        return EXIT_INTERRUPTED if code == 143 else code
+
+
+def _group_table(recipe: Any) -> str:
+    from dataclasses import replace
+
+    from finetune.layers import layer_groups
+    from finetune.layers import summarize_groups
+    from finetune.models import build_model
+
+    model_cfg = replace(recipe.model, weights="none", checkpoint=None)
+    n_classes = len(recipe.data.target_classes) if recipe.data.kind == "digits" else 2
+    built = build_model(model_cfg, num_classes=n_classes, image_size=recipe.data.image_size)
+    groups = layer_groups(built.model, head=built.head)
+    rows = [f"{'group':<14} {'tensors':>8} {'parameters':>12}  modules"]
+    for summary in summarize_groups(built.model, groups):
+        owned = ", ".join(groups.prefixes.get(summary.name, ())) or "(not grouped)"
+        if len(owned) > 40:
+            owned = owned[:37] + "..."
+        rows.append(f"{summary.name:<14} {summary.n_tensors:>8} {summary.n_params:>12,}  {owned}")
+    return "\n".join(rows)
+
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (FinetuneCommand(),)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tether",
+        description="Search the radii that keep a fine-tuned network close to its "
+        "pretrained weights (MARS-PGM and its baselines), with Optuna.",
+    )
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        doc = inspect.getdoc(command) or ""
+        child = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
+        command.add_arguments(child)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tether`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except ConfigError as error:
+        print(f"tether: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("tether: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
