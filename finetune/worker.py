@@ -92,8 +92,12 @@ def execute(
     emit: Callable[[dict[str, Any]], None],
     cache_dir: str | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    prog: str = "worker",
 ) -> int:
-    """Run one recipe, turning every outcome into an event and an exit code."""
+    """Run one recipe, turning every outcome into an event and an exit code.
+
+    Expected failures also print one line, ``<prog>: error: ...``, on stderr.
+    """
     from pathlib import Path
 
     import torch
@@ -116,11 +120,11 @@ def execute(
         return EXIT_STOPPED
     except ConfigError as error:
         emit({"event": "error", "kind": error.kind, "message": str(error)})
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except torch.cuda.OutOfMemoryError as error:
         emit({"event": "error", "kind": "oom", "message": str(error).splitlines()[0]})
-        print(f"error: out of GPU memory: {error}", file=sys.stderr)
+        print(f"{prog}: error: out of GPU memory: {error}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as error:  # the harness must learn of any crash, then fail the trial
         traceback.print_exc(file=sys.stderr)
@@ -154,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = read_recipe_data(args.recipe)
     except ConfigError as error:
         emit({"event": "error", "kind": error.kind, "message": str(error)})
-        print(f"error: {error}", file=sys.stderr)
+        print(f"worker: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return execute(
         data,

@@ -122,14 +122,7 @@ class FinetuneCommand(Command):
         from finetune.worker import execute
 
         printer = ProgressPrinter(json_lines=args.json)
-        errors: list[str] = []
-
-        def emit(event: dict[str, Any]) -> None:
-            if event.get("event") == "error":
-                errors.append(event["kind"])
-            printer(event)
-
-        code = execute(recipe.to_dict(), emit=emit, cache_dir=args.cache_dir)
+        code = execute(recipe.to_dict(), emit=printer, cache_dir=args.cache_dir, prog="tether")
         return EXIT_INTERRUPTED if code == 143 else code
 
 
