@@ -22,11 +22,11 @@ from finetune.errors import ConfigError
 from finetune.layers import layer_groups
 from finetune.regularizers._context import PenaltyContext
 from finetune.regularizers._delta import DeltaPenalty
-from finetune.regularizers._delta import _ablation_scores
 from finetune.regularizers._delta import build_delta
 from finetune.regularizers._delta import default_delta_layers
 from finetune.regularizers._delta import delta_attention
-from finetune.regularizers._delta import delta_channel_weights
+from finetune.regularizers._delta_scores import _ablation_scores
+from finetune.regularizers._delta_scores import delta_channel_weights
 
 
 class TinyNet(nn.Module):
