@@ -85,15 +85,19 @@ def _convert_union(args: tuple[Any, ...], value: Any, key: str) -> Any:
         if type(None) in args:
             return None
         raise ConfigError(f"{key} must be set, got null")
-    errors: list[str] = []
+    errors: list[ConfigError] = []
     for option in args:
         if option is type(None):
             continue
         try:
             return _convert(option, value, key)
         except ConfigError as error:
-            errors.append(str(error))
-    raise ConfigError(errors[-1] if len(errors) == 1 else f"{key} has an unusable value {value!r}")
+            if isinstance(value, Mapping) and typing.get_origin(option) is dict:
+                raise  # the value is a mapping: its own error names the bad entry
+            errors.append(error)
+    if len(errors) == 1:
+        raise errors[0]
+    raise ConfigError(f"{key} has an unusable value {value!r}")
 
 
 _SCALAR_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

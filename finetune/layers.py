@@ -35,7 +35,6 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
-import math
 
 import torch
 from torch import nn
@@ -148,14 +147,13 @@ def _vit(model: nn.Module, n_bands: int = 4) -> dict[str, tuple[str, ...]]:
         f"encoder.layers.{name}"
         for name, _ in model.get_submodule("encoder.layers").named_children()
     ]
-    per_band = math.ceil(len(layers) / n_bands)
     groups: dict[str, tuple[str, ...]] = {
         "embed": ("conv_proj", "class_token", "encoder.pos_embedding")
     }
-    for band in range(n_bands):
-        chunk = tuple(layers[band * per_band : (band + 1) * per_band])
-        if chunk:
-            groups[f"blocks.{band}"] = chunk
+    bands = min(n_bands, len(layers))
+    for band in range(bands):
+        start, stop = band * len(layers) // bands, (band + 1) * len(layers) // bands
+        groups[f"blocks.{band}"] = tuple(layers[start:stop])
     last = list(groups)[-1]
     groups[last] = (*groups[last], "encoder.ln")
     return groups
