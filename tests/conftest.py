@@ -23,3 +23,16 @@ def tiny_digits_recipe(**train: Any) -> dict[str, Any]:
         "train": {"lr": 1e-3, "epochs": 2, "batch_size": 16, "lr_step": 0, **train},
         "constraint": {"norm": "mars", "radius": 0.5, "relative": True, "head_radius": 5.0},
     }
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The PostgreSQL test server: ``$TETHER_TEST_POSTGRES_URL`` (CI sets it and needs it)."""
+    import os
+
+    url = os.environ.get("TETHER_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must set TETHER_TEST_POSTGRES_URL (PostgreSQL tests may not skip)")
+        pytest.skip("set TETHER_TEST_POSTGRES_URL to run the PostgreSQL tests")
+    return url

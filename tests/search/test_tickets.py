@@ -1,0 +1,86 @@
+"""Tickets: an exact budget across workers, and stale trials failed and retried."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import contextlib
+import multiprocessing
+from pathlib import Path
+import time
+import uuid
+
+import optuna
+from optuna.trial import TrialState
+import pytest
+
+from search.storage import StorageOptions
+from search.storage import open_storage
+from search.tickets import TICKETS_ATTR
+from search.tickets import Heartbeat
+from search.tickets import claim
+from search.tickets import enqueue_tickets
+from search.tickets import reap
+from search.tickets import waiting
+
+
+@pytest.fixture
+def pg_study(postgres_url: str) -> Iterator[tuple[str, str]]:
+    name = f"test-tickets-{uuid.uuid4().hex[:8]}"
+    yield postgres_url, name
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=name, storage=open_storage(postgres_url))
+
+
+def _work(url: str, name: str, seconds: float) -> list[int]:
+    storage = open_storage(url)
+    study = optuna.load_study(study_name=name, storage=storage)
+    numbers = []
+    while (trial := claim(study)) is not None:
+        value = trial.suggest_float("x", 0.0, 1.0)
+        time.sleep(seconds)
+        study.tell(trial, value)
+        numbers.append(trial.number)
+    return numbers
+
+
+def test_enqueue_is_once_and_known_points_come_first(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/t.db")
+    assert enqueue_tickets(study, n_trials=5, known=[{"x": 0.25}]) == 5
+    assert enqueue_tickets(study, n_trials=5) == 0
+    assert study.user_attrs[TICKETS_ATTR] == 5
+    assert waiting(study) == 5
+    first = claim(study)
+    assert first is not None
+    assert first.suggest_float("x", 0.0, 1.0) == 0.25
+
+
+def test_four_processes_on_postgres_run_the_budget_exactly(pg_study: tuple[str, str]) -> None:
+    url, name = pg_study
+    study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
+    enqueue_tickets(study, n_trials=24)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        results = pool.starmap(_work, [(url, name, 0.01)] * 4)
+    numbers = sorted(n for part in results for n in part)
+    assert numbers == list(range(24))
+    assert all(results), "every worker got a share"
+    states = [
+        t.state for t in optuna.load_study(study_name=name, storage=open_storage(url)).trials
+    ]
+    assert states == [TrialState.COMPLETE] * 24
+
+
+def test_a_dead_workers_trial_is_failed_and_retried(pg_study: tuple[str, str]) -> None:
+    url, name = pg_study
+    storage = open_storage(url, options=StorageOptions(heartbeat_interval=1, grace_period=2))
+    study = optuna.create_study(study_name=name, storage=storage)
+    enqueue_tickets(study, n_trials=1)
+    trial = claim(study)
+    assert trial is not None
+    with Heartbeat(study, trial):
+        time.sleep(1.5)  # alive: beating
+    assert reap(study) == 0
+    time.sleep(3)  # the worker "died": no heartbeat for longer than the grace period
+    assert reap(study) == 1
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
