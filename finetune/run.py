@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 import hashlib
+import importlib.metadata
 import json
 import os
 from pathlib import Path
@@ -58,6 +59,9 @@ def log(message: str) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    threads = os.environ.get("TETHER_NUM_THREADS")
+    if threads:  # set by a search that runs several trials on one CPU
+        torch.set_num_threads(max(1, int(threads)))
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -82,13 +86,14 @@ def _cache_key(recipe: Recipe, built: BuiltModel, task: TaskData) -> str:
 
 
 def versions() -> dict[str, str]:
-    import optuna  # noqa: F401  (recorded so a search can refuse mixed majors)
+    """What produced a result (a search can refuse to mix Optuna majors)."""
     import torchvision
 
     return {
         "tether": finetune.__version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
+        "optuna": importlib.metadata.version("optuna"),
         "python": platform.python_version(),
     }
 

@@ -6,7 +6,6 @@ Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, nothing w
 
 from __future__ import annotations
 
-import abc
 import argparse
 from collections.abc import Sequence
 import inspect
@@ -18,21 +17,11 @@ from typing import Any
 
 from finetune import __version__
 from finetune.errors import ConfigError
+from search.cli_base import Command
+from search.commands import SEARCH_COMMANDS
 
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class Command(abc.ABC):
-    """A verb of the ``tether`` command."""
-
-    name: str
-
-    @abc.abstractmethod
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
-
-    @abc.abstractmethod
-    def run(self, args: argparse.Namespace) -> int: ...
 
 
 def _percent(value: object) -> str:
@@ -88,7 +77,11 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 class FinetuneCommand(Command):
-    """Fine-tune once as a recipe says, in the foreground (progress on stderr)."""
+    """Fine-tune once as a recipe says, in the foreground (progress on stderr).
+
+    The same run a search trial makes, without the search: per-epoch progress on stderr, the
+    result (accuracies, distance moved per layer group) on stdout.
+    """
 
     name = "finetune"
 
@@ -146,7 +139,7 @@ def _group_table(recipe: Any) -> str:
     return "\n".join(rows)
 
 
-COMMANDS: dict[str, Command] = {c.name: c for c in (FinetuneCommand(),)}
+COMMANDS: dict[str, Command] = {c.name: c for c in (FinetuneCommand(), *SEARCH_COMMANDS)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,10 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
         "pretrained weights (MARS-PGM and its baselines), with Optuna.",
     )
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
+    storage_help = "Optuna storage URL (default: $TETHER_STORAGE, else sqlite:///tether.db)"
+    parser.add_argument("--storage", default=None, help=storage_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         doc = inspect.getdoc(command) or ""
-        child = sub.add_parser(name, help=doc.splitlines()[0], description=doc)
+        child = sub.add_parser(
+            name,
+            help=doc.splitlines()[0],
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        child.add_argument("--storage", default=argparse.SUPPRESS, help=storage_help)
         command.add_arguments(child)
     return parser
 

@@ -47,6 +47,22 @@ class StorageOptions:
     max_retry: int = 2
     pool_size: int = 2
 
+    @classmethod
+    def from_env(cls) -> StorageOptions:
+        """Defaults, overridden by ``$TETHER_HEARTBEAT_INTERVAL`` and ``$TETHER_GRACE_PERIOD``."""
+        defaults = cls()
+        try:
+            return cls(
+                heartbeat_interval=int(
+                    os.environ.get("TETHER_HEARTBEAT_INTERVAL", defaults.heartbeat_interval)
+                ),
+                grace_period=int(os.environ.get("TETHER_GRACE_PERIOD", defaults.grace_period)),
+            )
+        except ValueError as error:
+            raise ConfigError(
+                f"TETHER_HEARTBEAT_INTERVAL / TETHER_GRACE_PERIOD: {error}"
+            ) from None
+
 
 _PASSWORD = re.compile(r"(?P<head>[a-z0-9+.-]+://[^:/@]+:)(?P<password>[^@]*)(?P<tail>@)", re.I)
 
@@ -70,7 +86,7 @@ def open_storage(
         ConfigError: (kind ``storage``) an unknown scheme, an unreachable server, a wrong
             password, a missing database: one line, password masked.
     """
-    options = options or StorageOptions()
+    options = options or StorageOptions.from_env()
     if url.startswith("journal:"):
         path = url.removeprefix("journal:").removeprefix("//")
         if not path:

@@ -1,0 +1,20 @@
+"""The base of every ``tether`` verb (its own module so verb modules and the parser share it)."""
+
+from __future__ import annotations
+
+import abc
+import argparse
+
+
+class Command(abc.ABC):
+    """A verb of the ``tether`` command; the class docstring is its ``--help``."""
+
+    name: str
+
+    @abc.abstractmethod
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Declare the verb's arguments."""
+
+    @abc.abstractmethod
+    def run(self, args: argparse.Namespace) -> int:
+        """Do the work; return the exit code."""

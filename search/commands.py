@@ -1,0 +1,346 @@
+"""The search verbs of ``tether``: run, worker, evaluate, compare, report, status, reap, dashboard.
+
+Each is a small class whose docstring is its ``--help``. They share the spec argument,
+``--storage`` (or ``$TETHER_STORAGE``), ``--set`` overrides into the spec, and the device
+options.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+import sys
+
+import optuna
+
+from search.cli_base import Command
+from search.spec import StudySpec
+from search.storage import mask_url
+from search.storage import open_storage
+from search.storage import resolve_url
+
+
+def _spec_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", help="a study spec, e.g. studies/digits.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value by its dotted path, e.g. --set budget.n_trials=4",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", default=None, metavar="METHOD", help="only these methods"
+    )
+
+
+def _device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--devices",
+        default="auto",
+        help="auto (every visible GPU, else the CPU), cpu, or GPU indices like 0,1",
+    )
+    parser.add_argument(
+        "--trials-per-device", type=int, default=1, help="concurrent trials on each device"
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=("fork", "subprocess"),
+        default="fork",
+        help="start trials from a server that has imported torch (fork), or a fresh interpreter",
+    )
+    parser.add_argument("--log-dir", default="tether-logs", help="one log file per trial")
+    parser.add_argument("--cache-dir", default=None, help="default: $TETHER_CACHE_DIR")
+
+
+def _open(args: argparse.Namespace) -> tuple[StudySpec, optuna.storages.BaseStorage]:
+    from search.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides)
+    url = resolve_url(args.storage)
+    storage = open_storage(url)
+    print(f"storage: {mask_url(url)}", file=sys.stderr)
+    return spec, storage
+
+
+def _methods(spec: StudySpec, args: argparse.Namespace) -> list[str] | None:
+    from finetune.errors import ConfigError
+
+    if args.methods is None:
+        return None
+    known = list(spec.methods)
+    unknown = [m for m in args.methods if m not in known]
+    if unknown:
+        raise ConfigError(
+            f"--methods names {unknown[0]!r}, which the spec does not have; "
+            f"it has {', '.join(known)}"
+        )
+    return list(args.methods)
+
+
+def _search(args: argparse.Namespace, *, create: bool) -> int:
+    from search.driver import Search
+    from search.driver import create_studies
+    from search.driver import parse_devices
+    from search.launcher import Launcher
+
+    spec, storage = _open(args)
+    methods = _methods(spec, args)
+    slots = parse_devices(args.devices, args.trials_per_device)
+    if create:
+        create_studies(spec, storage, methods=methods)
+    cache_dir = None if args.cache_dir is None else Path(args.cache_dir)
+    with Launcher(mode=args.launcher) as launcher:
+        search = Search(
+            spec,
+            storage=storage,
+            launcher=launcher,
+            slots=slots,
+            log_dir=Path(args.log_dir),
+            cache_dir=cache_dir,
+            methods=methods,
+        )
+        print(
+            f"searching {', '.join(s.method for s in search.states)} on "
+            f"{len(slots)} slot(s): {', '.join(s.name for s in slots)}",
+            file=sys.stderr,
+        )
+        search.run()
+        if create and not args.no_evaluate:
+            from search.evaluate import evaluate
+
+            evaluate(
+                spec,
+                storage=storage,
+                launcher=launcher,
+                slots=slots,
+                log_dir=Path(args.log_dir),
+                cache_dir=cache_dir,
+                methods=methods,
+            )
+    if create:
+        _print_table(spec, storage, "text")
+        if not args.no_report:
+            path = _write_report(spec, storage, args.report)
+            print(f"report: {path}")
+    return 0
+
+
+def _print_table(spec: StudySpec, storage: optuna.storages.BaseStorage, fmt: str) -> None:
+    from search.compare import FORMATS
+    from search.compare import collect
+
+    print(FORMATS[fmt](collect(spec, storage)))
+
+
+def _write_report(spec: StudySpec, storage: optuna.storages.BaseStorage, path: str | None) -> Path:
+    from search.report import write_report
+
+    target = Path(path or f"{spec.name.replace('/', '_')}-report.html")
+    write_report(spec, storage, target)
+    return target
+
+
+class RunCommand(Command):
+    """Create the studies of a spec, search every method, evaluate the winners, compare.
+
+    The main job: one Optuna study per method (named <spec>/<method>) in one storage, the
+    budget enqueued once, trials run as worker processes on the device slots; then each
+    method's best configuration is re-run for the spec's seeds on the test split, and the
+    comparison table and an HTML report are written. Other processes or machines can join
+    with `tether worker` on the same storage.
+    """
+
+    name = "run"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        _spec_arguments(parser)
+        _device_arguments(parser)
+        parser.add_argument("--no-evaluate", action="store_true", help="search only")
+        parser.add_argument(
+            "--no-report", action="store_true", help="do not write the HTML report"
+        )
+        parser.add_argument(
+            "--report", default=None, help="report path (default: <spec>-report.html)"
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        return _search(args, create=True)
+
+
+class WorkerCommand(Command):
+    """Join a running search from another process or machine (same --storage).
+
+    Claims the remaining trials of the spec's studies until none is left. Two workers never
+    run the same trial, and together they run exactly the budget.
+    """
+
+    name = "worker"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        _spec_arguments(parser)
+        _device_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return _search(args, create=False)
+
+
+class EvaluateCommand(Command):
+    """Re-run each method's best configuration for the spec's seeds on the test split."""
+
+    name = "evaluate"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        _spec_arguments(parser)
+        _device_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from search.driver import parse_devices
+        from search.evaluate import evaluate
+        from search.launcher import Launcher
+
+        spec, storage = _open(args)
+        methods = _methods(spec, args)
+        slots = parse_devices(args.devices, args.trials_per_device)
+        with Launcher(mode=args.launcher) as launcher:
+            evaluate(
+                spec,
+                storage=storage,
+                launcher=launcher,
+                slots=slots,
+                log_dir=Path(args.log_dir),
+                cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
+                methods=methods,
+            )
+        _print_table(spec, storage, "text")
+        return 0
+
+
+class CompareCommand(Command):
+    """Print the comparison table: trials, best val, test mean +- std, hours, per method."""
+
+    name = "compare"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        _spec_arguments(parser)
+        parser.add_argument(
+            "--format", choices=("text", "markdown", "csv", "json"), default="text"
+        )
+
+    def run(self, args: argparse.Namespace) -> int:
+        spec, storage = _open(args)
+        _print_table(spec, storage, args.format)
+        return 0
+
+
+class ReportCommand(Command):
+    """Write one self-contained HTML file of plotly figures for a spec's studies."""
+
+    name = "report"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        _spec_arguments(parser)
+        parser.add_argument("--output", "-o", default=None, help="default: <spec>-report.html")
+
+    def run(self, args: argparse.Namespace) -> int:
+        spec, storage = _open(args)
+        print(_write_report(spec, storage, args.output))
+        return 0
+
+
+class StatusCommand(Command):
+    """Show each method's trials by state and what is left to run."""
+
+    name = "status"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        _spec_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from optuna.trial import TrialState
+
+        spec, storage = _open(args)
+        names = {
+            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        }
+        states = (
+            TrialState.COMPLETE,
+            TrialState.PRUNED,
+            TrialState.FAIL,
+            TrialState.RUNNING,
+            TrialState.WAITING,
+        )
+        print(f"{'study':<32} " + " ".join(f"{s.name.lower():>9}" for s in states) + "  best val")
+        for method in spec.methods:
+            name = spec.study_name(method)
+            if name not in names:
+                print(f"{name:<32} (not created)")
+                continue
+            study = optuna.load_study(study_name=name, storage=storage)
+            trials = study.get_trials(deepcopy=False)
+            counts = [sum(t.state == s for t in trials) for s in states]
+            values = [
+                t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+            ]
+            best = f"{100 * max(values):.1f}%" if values else "-"
+            print(f"{name:<32} " + " ".join(f"{c:>9}" for c in counts) + f"  {best}")
+        return 0
+
+
+class ReapCommand(Command):
+    """Fail the trials whose worker died (no heartbeat within the grace period) and retry them."""
+
+    name = "reap"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        _spec_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from search.tickets import reap
+
+        spec, storage = _open(args)
+        for method in spec.methods:
+            study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
+            print(f"{study.study_name}: {reap(study)} stale trial(s) failed")
+        return 0
+
+
+class DashboardCommand(Command):
+    """Serve optuna-dashboard for a storage (on 127.0.0.1 unless told otherwise)."""
+
+    name = "dashboard"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8080)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from finetune.errors import ConfigError
+
+        try:
+            from optuna_dashboard import run_server
+        except ImportError:
+            raise ConfigError(
+                "optuna-dashboard is not installed; pip install tether[dashboard]"
+            ) from None
+        url = resolve_url(args.storage)
+        storage = open_storage(url)
+        print(
+            f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/",
+            file=sys.stderr,
+        )
+        run_server(storage, host=args.host, port=args.port)
+        return 0
+
+
+SEARCH_COMMANDS: tuple[Command, ...] = (
+    RunCommand(),
+    WorkerCommand(),
+    EvaluateCommand(),
+    CompareCommand(),
+    ReportCommand(),
+    StatusCommand(),
+    ReapCommand(),
+    DashboardCommand(),
+)

@@ -1,0 +1,538 @@
+"""Study specs (``studies/*.yaml``): what a search compares, over which space, on what budget.
+
+A spec names a base recipe (a path relative to the spec file) and ``set`` overrides for it, the
+methods to compare (:mod:`search.methods`) with each one's search space and known-good points
+to try first, the budget per method, the sampler and pruner, and the final evaluation::
+
+    name: digits                        # studies are named "<name>/<method>"
+    recipe: ../configs/digits.yaml
+    set: {train.epochs: 60}             # dotted or nested keys, merged into the recipe
+    budget: {n_trials: 12, timeout: null, trial_timeout: 600}
+    sampler: {name: tpe, seed: null}
+    pruner: {name: median, n_startup_trials: 4, n_warmup_steps: 10}
+    methods:
+      standard: {}
+      mars-pgm:
+        groups: shared                  # shared | independent | geometric
+        relative: true                  # fixed options, straight into the recipe
+        radius: {low: 0.01, high: 2.0, log: true}
+        head_radius: {low: 0.5, high: 30.0}
+        enqueue: [{radius: 0.1, head_radius: 3.0}]
+    evaluation: {n_seeds: 5, refit: false}
+
+A parameter is a range ``{low, high, log}`` (``log`` defaults to true) or a list of choices.
+With ``groups: independent`` the ``radius`` range applies to every layer group and
+``radius.<group>`` may override it for one group; an enqueued point may give ``radius`` for
+every group at once. Everything is checked when the spec loads, and every error names the
+dotted key, the value and what is allowed. The base recipe is validated with every method's
+patch at the ends of its ranges and at each enqueued point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+import hashlib
+import json
+import math
+import os
+import re
+from typing import Any
+from typing import Literal
+
+import optuna
+
+from finetune.config import apply_overrides
+from finetune.config import from_dict
+from finetune.config import read_yaml
+from finetune.config import to_dict
+from finetune.errors import ConfigError
+from finetune.recipe import recipe_from_dict
+from search.methods import CONSTRAINT_OPTIONS
+from search.methods import GROUP_PREFIX
+from search.methods import NORMS
+from search.methods import GroupMode
+from search.methods import deep_merge
+from search.methods import enqueue_params
+from search.methods import get_method
+from search.methods import suggest
+from search.samplers import PrunerConfig
+from search.samplers import SamplerConfig
+
+
+__all__ = [
+    "Budget",
+    "Choice",
+    "EvaluationConfig",
+    "FloatRange",
+    "MethodSpace",
+    "Param",
+    "StudySpec",
+    "load_spec",
+    "spec_from_dict",
+]
+
+ChoiceValue = str | int | float | bool | None
+_RANGE_KEYS = {"low", "high", "log"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """A float parameter between ``low`` and ``high``, log-uniform unless ``log`` is false."""
+
+    low: float
+    high: float
+    log: bool = True
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ConfigError(f"low and high must be finite, got {self.low!r}, {self.high!r}")
+        if not self.low < self.high:
+            raise ConfigError(f"low must be < high, got low={self.low!r}, high={self.high!r}")
+        if self.log and not self.low > 0:
+            raise ConfigError(
+                f"low must be > 0 on a log scale (or set log: false), got {self.low!r}"
+            )
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> float:
+        """Sample the value of parameter ``name`` for ``trial``."""
+        return trial.suggest_float(name, self.low, self.high, log=self.log)
+
+    def contains(self, value: object) -> bool:
+        """Whether ``value`` is a number inside the range."""
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        return number and self.low <= value <= self.high  # type: ignore[operator]
+
+    def ends(self) -> tuple[float, float]:
+        """The two extreme values (probed when the spec loads)."""
+        return self.low, self.high
+
+    def describe(self) -> str:
+        """The range in words, for messages."""
+        return f"[{self.low!r}, {self.high!r}]{' (log)' if self.log else ''}"
+
+    def to_data(self) -> dict[str, Any]:
+        """The YAML form."""
+        return {"low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A categorical parameter: one of ``choices``."""
+
+    choices: tuple[ChoiceValue, ...]
+
+    def __post_init__(self) -> None:
+        if not self.choices:
+            raise ConfigError("a list of choices must not be empty")
+        for value in self.choices:
+            if value is not None and not isinstance(value, str | int | float | bool):
+                raise ConfigError(f"choices must be numbers or strings, got {value!r}")
+        if len(set(self.choices)) != len(self.choices):
+            raise ConfigError(f"choices must not repeat, got {list(self.choices)!r}")
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> ChoiceValue:
+        """Sample the value of parameter ``name`` for ``trial``."""
+        return trial.suggest_categorical(name, list(self.choices))
+
+    def contains(self, value: object) -> bool:
+        """Whether ``value`` is one of the choices."""
+        return value in self.choices
+
+    def ends(self) -> tuple[ChoiceValue, ChoiceValue]:
+        """The first and last choices (every choice is probed when the spec loads)."""
+        return self.choices[0], self.choices[-1]
+
+    def describe(self) -> str:
+        """The choices in words, for messages."""
+        return "one of " + ", ".join(repr(c) for c in self.choices)
+
+    def to_data(self) -> list[ChoiceValue]:
+        """The YAML form."""
+        return list(self.choices)
+
+
+Param = FloatRange | Choice
+
+
+@dataclass(frozen=True)
+class MethodSpace:
+    """One method's entry under ``methods:``: its search space, fixed options, first points.
+
+    Attributes:
+        method: the registered method name.
+        params: the searched parameters by stable name (``radius``, ``radius.layer1``, ...).
+        groups: how pretrained layer groups share radii (constraint methods).
+        relative: ``constraint.relative`` for the trials; ``None`` keeps the recipe's.
+        mode: ``constraint.mode`` for the trials; ``None`` keeps the recipe's.
+        enqueue: known-good points, tried before the sampler proposes any.
+    """
+
+    method: str
+    params: dict[str, Param] = field(default_factory=dict)
+    groups: GroupMode = "shared"
+    relative: bool | None = None
+    mode: Literal["rescale", "exact"] | None = None
+    enqueue: tuple[dict[str, Any], ...] = ()
+
+    def param_for(self, name: str) -> Param | None:
+        """The range of Optuna parameter ``name`` (``radius.<g>`` falls back on ``radius``)."""
+        if name in self.params:
+            return self.params[name]
+        if self.groups == "independent" and name.startswith(GROUP_PREFIX):
+            return self.params.get("radius")
+        return None
+
+    def trial_params(self, groups: Sequence[str]) -> dict[str, Param]:
+        """Every Optuna parameter a trial suggests, with its range, for a model's ``groups``."""
+        if self.groups != "independent":
+            return dict(self.params)
+        names = {
+            k: p
+            for k, p in self.params.items()
+            if k != "radius" and not k.startswith(GROUP_PREFIX)
+        }
+        for group in groups:
+            names[GROUP_PREFIX + group] = self.params.get(
+                GROUP_PREFIX + group, self.params["radius"]
+            )
+        return names
+
+    def to_data(self, *, enqueue: bool = True) -> dict[str, Any]:
+        """The YAML form (JSON-safe)."""
+        data: dict[str, Any] = {}
+        if get_method(self.method).constrained:
+            data["groups"] = self.groups
+        if self.relative is not None:
+            data["relative"] = self.relative
+        if self.mode is not None:
+            data["mode"] = self.mode
+        data.update({name: param.to_data() for name, param in self.params.items()})
+        if enqueue and self.enqueue:
+            data["enqueue"] = _json_safe(list(self.enqueue))
+        return data
+
+
+@dataclass(frozen=True)
+class _Options:
+    groups: GroupMode = "shared"
+    relative: bool | None = None
+    mode: Literal["rescale", "exact"] | None = None
+    enqueue: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``budget:``, per method: trials, seconds for the whole search, seconds per trial."""
+
+    n_trials: int = 20
+    timeout: float | None = None
+    trial_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise ConfigError(f"budget.n_trials must be >= 1, got {self.n_trials!r}")
+        for key in ("timeout", "trial_timeout"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"budget.{key} must be > 0 seconds or null, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """``evaluation:``: the best configuration of each method re-run over ``n_seeds`` seeds.
+
+    ``refit``: train on train+val and report the test accuracy (the MARS paper's protocol).
+    """
+
+    n_seeds: int = 5
+    refit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_seeds < 1:
+            raise ConfigError(f"evaluation.n_seeds must be >= 1, got {self.n_seeds!r}")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study spec; build it with :func:`load_spec` or :func:`spec_from_dict`."""
+
+    name: str
+    recipe: str
+    methods: dict[str, MethodSpace]
+    set: dict[str, Any] = field(default_factory=dict)
+    budget: Budget = field(default_factory=Budget)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    resolved_recipe: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def study_name(self, method: str) -> str:
+        """The Optuna study of ``method``: ``"<name>/<method>"``."""
+        self._space(method)
+        return f"{self.name}/{method}"
+
+    def n_trials(self, method: str) -> int:
+        """The trials to run for ``method``: the budget, or 1 when nothing is searched."""
+        return self.budget.n_trials if self._space(method).params else 1
+
+    def base_recipe(self) -> dict[str, Any]:
+        """A copy of the resolved base recipe (``set`` applied), as plain data."""
+        return deep_merge({}, self.resolved_recipe)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-safe data, with the resolved base recipe (stored on each study)."""
+        return {
+            "name": self.name,
+            "recipe": self.recipe,
+            "set": _json_safe(self.set),
+            "budget": to_dict(self.budget),
+            "sampler": to_dict(self.sampler),
+            "pruner": to_dict(self.pruner),
+            "methods": {m: space.to_data() for m, space in self.methods.items()},
+            "evaluation": to_dict(self.evaluation),
+            "base_recipe": self.base_recipe(),
+        }
+
+    def fingerprint(self, method: str) -> str:
+        """sha256 of ``method``'s search space and the base recipe (not budget, not enqueue).
+
+        Two specs with one fingerprint give the same trials the same meaning, so a search may
+        go on in an existing study; any other change needs a new study.
+        """
+        payload = {
+            "method": method,
+            "space": self._space(method).to_data(enqueue=False),
+            "recipe": self.resolved_recipe,
+        }
+        text = json.dumps(_json_safe(payload), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _space(self, method: str) -> MethodSpace:
+        try:
+            return self.methods[method]
+        except KeyError:
+            raise ConfigError(
+                f"spec {self.name!r} has no method {method!r}; it has {', '.join(self.methods)}"
+            ) from None
+
+
+SPEC_KEYS = ("name", "recipe", "set", "budget", "sampler", "pruner", "methods", "evaluation")
+
+
+def load_spec(path: str, overrides: Sequence[str] = ()) -> StudySpec:
+    """Read and validate a study spec file.
+
+    Args:
+        path: ``studies/x.yaml``; its ``recipe`` is relative to the folder it is in.
+        overrides: ``dotted.key=value`` into the spec, e.g. ``budget.n_trials=3`` or
+            ``set.train.epochs=2`` (the latter reaches the recipe).
+
+    Raises:
+        ConfigError: the file, a key or a value is unusable; the message names it.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"study spec {path} does not exist")
+    try:
+        data = read_yaml(path)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("recipe", "study spec", 1)) from None
+    if isinstance(data.get("set"), Mapping):
+        data["set"] = _expand(data["set"], "set")
+    data = apply_overrides(data, overrides)
+    stem = os.path.basename(path).rsplit(".", 1)[0]
+    return spec_from_dict(data, root=os.path.dirname(os.path.abspath(path)), default_name=stem)
+
+
+def spec_from_dict(
+    data: Mapping[str, Any], *, root: str = ".", default_name: str = ""
+) -> StudySpec:
+    """Validate a spec mapping; ``recipe`` is read relative to the folder ``root``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a study spec must be a mapping of keys, got {data!r}")
+    unknown = [k for k in data if k not in SPEC_KEYS]
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]}; a study spec accepts {', '.join(SPEC_KEYS)}")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(
+            "name must be letters, digits, '.', '_' or '-' (it starts every study name "
+            f"'<name>/<method>'), got {name!r}"
+        )
+    recipe = data.get("recipe")
+    if not isinstance(recipe, str) or not recipe:
+        raise ConfigError(f"recipe must be the path of a recipe file, got {recipe!r}")
+    overrides = data.get("set") or {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"set must be a mapping of recipe keys to values, got {overrides!r}")
+    overrides = _expand(overrides, "set")
+    spec = StudySpec(
+        name=name,
+        recipe=recipe,
+        methods=_methods(data.get("methods")),
+        set=overrides,
+        budget=from_dict(Budget, data.get("budget"), prefix="budget."),
+        sampler=from_dict(SamplerConfig, data.get("sampler"), prefix="sampler."),
+        pruner=from_dict(PrunerConfig, data.get("pruner"), prefix="pruner."),
+        evaluation=from_dict(EvaluationConfig, data.get("evaluation"), prefix="evaluation."),
+        resolved_recipe=_base_recipe(recipe, root, overrides),
+    )
+    _probe(spec)
+    return spec
+
+
+def _expand(mapping: Mapping[Any, Any], where: str) -> dict[str, Any]:
+    """``{"train.epochs": 2}`` -> ``{"train": {"epochs": 2}}``, nested mappings merged."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str) or not all(key.split(".")):
+            raise ConfigError(f"{where} has a bad key {key!r}; use dotted recipe keys")
+        nested = _expand(value, f"{where}.{key}") if isinstance(value, Mapping) else value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        out = deep_merge(out, nested)
+    return out
+
+
+def _base_recipe(recipe: str, root: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    path = os.path.normpath(os.path.join(root, recipe))
+    if not os.path.isfile(path):
+        raise ConfigError(f"recipe {recipe!r}: no such file {path}")
+    data = read_yaml(path)
+    data.setdefault("name", os.path.basename(path).rsplit(".", 1)[0])
+    try:
+        return recipe_from_dict(deep_merge(data, overrides)).to_dict()
+    except ConfigError as error:
+        raise ConfigError(f"recipe {recipe} with set: {error}") from None
+
+
+def _methods(data: object) -> dict[str, MethodSpace]:
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigError(f"methods must map method names to search spaces, got {data!r}")
+    spaces = {}
+    for name, space in data.items():
+        try:
+            get_method(str(name))
+        except ConfigError as error:
+            raise ConfigError(f"methods.{name}: {error}") from None
+        spaces[str(name)] = _space(str(name), space)
+    return spaces
+
+
+def _space(name: str, data: object) -> MethodSpace:
+    key = f"methods.{name}"
+    method = get_method(name)
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{key} must be a mapping of parameters and options, got {data!r}")
+    option_keys = {k for k in data if k in (*method.options, "enqueue")}
+    misplaced = [k for k in data if k in CONSTRAINT_OPTIONS and k not in option_keys]
+    if misplaced:
+        raise ConfigError(
+            f"{key}.{misplaced[0]}: {name} has no constraint, so it takes none of "
+            f"{', '.join(CONSTRAINT_OPTIONS)}"
+        )
+    options = from_dict(_Options, {k: data[k] for k in option_keys}, prefix=f"{key}.")
+    params = {}
+    for param, value in data.items():
+        if param in option_keys:
+            continue
+        if not method.accepts(str(param), options.groups):
+            raise ConfigError(
+                f"{key}.{param} is not a parameter of {name} with groups: {options.groups}; "
+                f"{name} accepts {method.describe_params()}"
+            )
+        params[str(param)] = _param(f"{key}.{param}", str(param), value)
+    missing = [p for p in method.required_params(options.groups) if p not in params]
+    if missing:
+        raise ConfigError(
+            f"{key}.{missing[0]} is required: give a range {{low, high}} or a list of choices"
+        )
+    space = MethodSpace(
+        name, params, options.groups, options.relative, options.mode, options.enqueue
+    )
+    for i, point in enumerate(space.enqueue):
+        _check_point(space, point, f"{key}.enqueue[{i}]")
+    return space
+
+
+def _param(key: str, name: str, value: object) -> Param:
+    if name == "norm":
+        ok = isinstance(value, list) and bool(value) and all(v in NORMS for v in value)
+        if not ok:
+            raise ConfigError(
+                f"{key} must be a list of norms from {', '.join(NORMS)}, got {value!r}"
+            )
+    if isinstance(value, Mapping) and {"low", "high"} - set(value) and set(value) <= _RANGE_KEYS:
+        raise ConfigError(f"{key} needs both low and high, got {dict(value)!r}")
+    try:
+        if isinstance(value, list):
+            return Choice(tuple(value))
+        if isinstance(value, Mapping):
+            return from_dict(FloatRange, value, prefix=f"{key}.")
+    except ConfigError as error:
+        message = str(error)
+        raise ConfigError(message if key in message else f"{key}: {message}") from None
+    raise ConfigError(
+        f"{key} must be a range {{low, high, log}} or a list of choices, got {value!r}"
+    )
+
+
+def _check_point(space: MethodSpace, point: Mapping[str, Any], where: str) -> None:
+    for name, value in point.items():
+        param = space.param_for(name)
+        if param is None:
+            raise ConfigError(
+                f"{where}.{name} is not searched by {space.method}; "
+                f"searched: {', '.join(space.params)}"
+            )
+        if not param.contains(value):
+            raise ConfigError(f"{where}.{name} is {value!r}; allowed: {param.describe()}")
+
+
+def _probe(spec: StudySpec) -> None:
+    """Validate the base recipe with each method's patch at its extremes and enqueued points."""
+    for name, space in spec.methods.items():
+        groups = sorted({k[len(GROUP_PREFIX) :] for k in _named(space)}) or ["group"]
+        for point in _probe_points(space, groups):
+            patch = suggest(name, space, optuna.trial.FixedTrial(point), groups=groups)
+            try:
+                recipe_from_dict(deep_merge(spec.resolved_recipe, patch))
+            except ConfigError as error:
+                raise ConfigError(f"methods.{name} at {point}: {error}") from None
+    if spec.evaluation.refit:
+        try:
+            recipe_from_dict(deep_merge(spec.resolved_recipe, {"train": {"refit": True}}))
+        except ConfigError as error:
+            raise ConfigError(f"evaluation.refit: {error}") from None
+
+
+def _named(space: MethodSpace) -> list[str]:
+    """The ``radius.<group>`` keys of an independent space and its enqueued points."""
+    keys = [*space.params, *(k for point in space.enqueue for k in point)]
+    return [k for k in keys if k.startswith(GROUP_PREFIX)] if space.groups == "independent" else []
+
+
+def _probe_points(space: MethodSpace, groups: Sequence[str]) -> list[dict[str, Any]]:
+    names = space.trial_params(groups)
+    low = {n: p.ends()[0] for n, p in names.items()}
+    points = [low, {n: p.ends()[1] for n, p in names.items()}]
+    for n, p in names.items():
+        if isinstance(p, Choice):
+            points += [{**low, n: c} for c in p.choices]
+    for point in space.enqueue:
+        points.append({**low, **enqueue_params(space, point, groups=groups)})
+    return points
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    return value

@@ -1,0 +1,360 @@
+"""The search end to end, through the ``tether`` command line and real worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import contextlib
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+import urllib.request
+import uuid
+from wsgiref.simple_server import WSGIRequestHandler
+from wsgiref.simple_server import make_server
+
+import optuna
+from optuna.trial import TrialState
+import pytest
+import yaml
+
+from search.storage import open_storage
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _spec(tmp_path: Path, name: str, **changes: Any) -> Path:
+    spec: dict[str, Any] = {
+        "name": name,
+        "recipe": str(ROOT / "configs" / "digits.yaml"),
+        "set": {
+            "train.epochs": 4,
+            "train.batch_size": 25,
+            "data.shots": 5,
+            "data.val_shots": 3,
+            "data.noise": "none",
+            "data.noise_rate": 0.0,
+        },
+        "budget": {"n_trials": 3},
+        "pruner": {"name": "none"},
+        "methods": {
+            "standard": {},
+            "mars-pgm": {
+                "relative": True,
+                "radius": {"low": 0.05, "high": 1.0},
+                "head_radius": {"low": 1.0, "high": 10.0},
+                "enqueue": [{"radius": 0.1, "head_radius": 3.0}],
+            },
+        },
+        "evaluation": {"n_seeds": 2},
+    }
+    spec.update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _env(cache_dir: Path, **extra: str) -> dict[str, str]:
+    return {**os.environ, "TETHER_CACHE_DIR": str(cache_dir), **extra}
+
+
+def _tether(
+    *args: str, cwd: Path, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "search.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, str, Path]:
+    """One small search, evaluated and reported, shared by the read-only tests below."""
+    work = tmp_path_factory.mktemp("search")
+    spec = _spec(work, "tiny")
+    url = f"sqlite:///{work}/tiny.db"
+    done = _tether(
+        "run", str(spec), "--storage", url, "--devices", "cpu", cwd=work, env=_env(cache_dir)
+    )
+    assert done.returncode == 0, done.stderr
+    assert "mars-pgm" in done.stdout
+    return work, url, spec
+
+
+def test_run_searches_evaluates_and_reports(finished: tuple[Path, str, Path]) -> None:
+    work, url, _ = finished
+    storage = open_storage(url)
+    for method in ("standard", "mars-pgm"):
+        study = optuna.load_study(study_name=f"tiny/{method}", storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        assert len(trials) == (1 if method == "standard" else 3)
+        assert all(t.state == TrialState.COMPLETE for t in trials)
+        first = trials[0]
+        assert first.user_attrs["recipe"]["train"]["epochs"] == 4
+        assert len(first.user_attrs["curve"]) == 4
+        assert set(first.user_attrs["distances"]) == {"block1", "block2", "block3", "head"}
+        assert first.user_attrs["device"] == "cpu"
+        assert study.user_attrs["tether:spec"]["name"] == "tiny"
+        evaluation = study.user_attrs["tether:evaluation"]
+        assert len(evaluation["test_accuracy"]) == 2
+        assert all(0 <= a <= 1 for a in evaluation["test_accuracy"])
+    mars = optuna.load_study(study_name="tiny/mars-pgm", storage=storage)
+    assert mars.trials[0].params == {"radius": 0.1, "head_radius": 3.0}
+    report = (work / "tiny-report.html").read_text()
+    assert report.count("<section>") >= 4
+    assert "plotly" in report
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "csv", "json"])
+def test_compare_formats(
+    fmt: str, finished: tuple[Path, str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search.cli import main
+
+    _, url, spec = finished
+    assert main(["compare", str(spec), "--storage", url, "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    if fmt == "json":
+        rows = json.loads(out)
+        assert [r["method"] for r in rows] == ["standard", "mars-pgm"]
+        assert rows[1]["complete"] == 3
+        assert rows[1]["seeds"] == 2
+    elif fmt == "csv":
+        lines = out.splitlines()
+        assert lines[0].startswith("method,complete,pruned,failed")
+        assert len(lines) == 3
+    else:
+        assert "mars-pgm" in out
+        assert "+-" in out
+
+
+def test_status_and_the_optuna_cli_read_the_storage(
+    finished: tuple[Path, str, Path], cache_dir: Path
+) -> None:
+    work, url, spec = finished
+    done = _tether("status", str(spec), "--storage", url, cwd=work, env=_env(cache_dir))
+    assert done.returncode == 0, done.stderr
+    assert "tiny/mars-pgm" in done.stdout
+    optuna_cli = Path(sys.executable).parent / "optuna"
+    studies = subprocess.run(
+        [str(optuna_cli), "studies", "--storage", url, "-f", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert studies.returncode == 0, studies.stderr
+    assert {s["name"] for s in json.loads(studies.stdout)} == {"tiny/standard", "tiny/mars-pgm"}
+    trials = subprocess.run(
+        [
+            str(optuna_cli),
+            "trials",
+            "--storage",
+            url,
+            "--study-name",
+            "tiny/mars-pgm",
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert trials.returncode == 0, trials.stderr
+    assert len(json.loads(trials.stdout)) == 3
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_optuna_dashboard_api_reads_the_storage(finished: tuple[Path, str, Path]) -> None:
+    from optuna_dashboard import wsgi
+
+    _, url, _ = finished
+    server = make_server("127.0.0.1", 0, wsgi(open_storage(url)), handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{server.server_port}/api/studies", timeout=30
+        ) as reply:
+            studies = json.loads(reply.read())["study_summaries"]
+    finally:
+        server.shutdown()
+    assert {s["study_name"] for s in studies} == {"tiny/standard", "tiny/mars-pgm"}
+
+
+def test_pruning_stops_the_worker_early(tmp_path: Path, cache_dir: Path) -> None:
+    spec = _spec(
+        tmp_path,
+        "prune",
+        budget={"n_trials": 2},
+        pruner={"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        methods={
+            "standard": {
+                "lr": {"low": 1e-8, "high": 1e-2},
+                "enqueue": [{"lr": 3e-3}, {"lr": 1e-8}],
+            }
+        },
+        set={
+            "train.epochs": 12,
+            "train.batch_size": 25,
+            "data.shots": 10,
+            "data.val_shots": 10,
+            "data.noise": "none",
+            "data.noise_rate": 0.0,
+        },
+    )
+    url = f"sqlite:///{tmp_path}/prune.db"
+    done = _tether(
+        "run",
+        str(spec),
+        "--storage",
+        url,
+        "--devices",
+        "cpu",
+        "--no-evaluate",
+        "--no-report",
+        cwd=tmp_path,
+        env=_env(cache_dir),
+    )
+    assert done.returncode == 0, done.stderr
+    good, bad = optuna.load_study(study_name="prune/standard", storage=open_storage(url)).trials
+    curves = [[c["val_accuracy"] for c in t.user_attrs["curve"]] for t in (good, bad)]
+    assert good.state == TrialState.COMPLETE, curves
+    assert len(good.user_attrs["curve"]) == 12
+    assert bad.state == TrialState.PRUNED, curves
+    assert len(bad.user_attrs["curve"]) < 12  # the worker process stopped before its budget
+
+
+@pytest.fixture
+def pg_spec(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Path, str, str]]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    yield _spec(tmp_path, name, budget={"n_trials": 6}), postgres_url, name
+    storage = open_storage(postgres_url)
+    for method in ("standard", "mars-pgm"):
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=f"{name}/{method}", storage=storage)
+
+
+def _wait_for_studies(url: str, name: str, *, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        names = {s.study_name for s in optuna.get_all_study_summaries(open_storage(url))}
+        if f"{name}/mars-pgm" in names:
+            return
+        time.sleep(0.5)
+    raise TimeoutError("the studies were not created")
+
+
+def test_two_workers_on_postgres_split_the_budget(
+    pg_spec: tuple[Path, str, str], cache_dir: Path, tmp_path: Path
+) -> None:
+    spec, url, name = pg_spec
+    env = _env(cache_dir)
+    args = [sys.executable, "-m", "search.cli"]
+    first = subprocess.Popen(
+        [
+            *args,
+            "run",
+            str(spec),
+            "--storage",
+            url,
+            "--devices",
+            "cpu",
+            "--no-evaluate",
+            "--no-report",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_studies(url, name)
+    second = subprocess.run(
+        [*args, "worker", str(spec), "--storage", url, "--devices", "cpu"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode == 0, second.stderr
+    study = optuna.load_study(study_name=f"{name}/mars-pgm", storage=open_storage(url))
+    trials = study.get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == list(range(6))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    workers = {t.user_attrs["worker"] for t in trials}
+    assert len(workers) == 2, "both processes ran trials"
+
+
+def test_a_killed_worker_is_reaped_and_its_trial_retried(
+    pg_spec: tuple[Path, str, str], cache_dir: Path, tmp_path: Path
+) -> None:
+    spec, url, name = pg_spec
+    env = _env(cache_dir, TETHER_HEARTBEAT_INTERVAL="1", TETHER_GRACE_PERIOD="3")
+    slow = _spec(
+        tmp_path,
+        name,
+        budget={"n_trials": 1},
+        methods={"standard": {}},
+        set={"train.epochs": 100_000, "data.shots": 5, "data.val_shots": 3},
+    )
+    args = [sys.executable, "-m", "search.cli"]
+    worker = subprocess.Popen(
+        [
+            *args,
+            "run",
+            str(slow),
+            "--storage",
+            url,
+            "--devices",
+            "cpu",
+            "--no-evaluate",
+            "--no-report",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    storage = open_storage(url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            study = optuna.load_study(study_name=f"{name}/standard", storage=storage)
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if running and running[0].intermediate_values:
+                break
+        except KeyError:
+            pass
+        time.sleep(0.5)
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate(timeout=60)
+    time.sleep(4)  # past the grace period
+    done = _tether("reap", str(slow), "--storage", url, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "1 stale trial(s) failed" in done.stdout
+    study = optuna.load_study(study_name=f"{name}/standard", storage=storage)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
+    assert "mars-pgm" not in {
+        s.study_name.split("/")[1]
+        for s in optuna.get_all_study_summaries(storage)
+        if s.study_name.startswith(name)
+    }

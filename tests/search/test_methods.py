@@ -1,0 +1,282 @@
+"""Methods: the registry, deep_merge, and suggest() over real Optuna trials for every method."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from finetune.config import read_yaml
+from finetune.errors import ConfigError
+from finetune.recipe import Recipe
+from finetune.recipe import recipe_from_dict
+from search.methods import GROUP_MODES
+from search.methods import GroupMode
+from search.methods import Method
+from search.methods import deep_merge
+from search.methods import enqueue_params
+from search.methods import get_method
+from search.methods import list_methods
+from search.methods import register_method
+from search.methods import suggest
+from search.spec import Choice
+from search.spec import FloatRange
+from search.spec import MethodSpace
+
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUPS = ("block1", "block2", "block3")  # the digits CNN's pretrained groups
+RANGES: dict[str, FloatRange | Choice] = {
+    "lr": FloatRange(1e-4, 1e-2),
+    "radius": FloatRange(0.01, 2.0),
+    "head_radius": FloatRange(0.5, 30.0),
+    "scale": FloatRange(0.5, 4.0),
+    "alpha": FloatRange(1e-4, 1.0),
+    "beta": FloatRange(1e-4, 1.0),
+    "norm": Choice(("mars", "frob")),
+}
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna() -> Iterator[None]:
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    yield
+    optuna.logging.set_verbosity(level)
+
+
+def _digits() -> dict[str, Any]:
+    return read_yaml(str(ROOT / "configs" / "digits.yaml"))
+
+
+def _cases() -> list[tuple[str, GroupMode]]:
+    cases: list[tuple[str, GroupMode]] = []
+    for name in list_methods():
+        modes = GROUP_MODES if get_method(name).constrained else ("shared",)
+        cases += [(name, mode) for mode in modes]
+    return cases
+
+
+def _space(name: str, groups: GroupMode, **extra: FloatRange | Choice) -> MethodSpace:
+    method = get_method(name)
+    params = {p: RANGES[p] for p in method.params if method.accepts(p, groups)}
+    return MethodSpace(name, {**params, **extra}, groups=groups, relative=True)
+
+
+def _expected_names(name: str, groups: GroupMode) -> set[str]:
+    method = get_method(name)
+    names = {p for p in method.params if method.accepts(p, groups)}
+    if groups == "independent":
+        names = (names - {"radius"}) | {f"radius.{g}" for g in GROUPS}
+    return names
+
+
+# ---------------------------------------------------------------------------- registry
+
+
+def test_registry_holds_every_method_of_the_design() -> None:
+    expected = {"standard", "mars-pgm", "frob-pgm", "pgm", "mars-sp", "l2-sp", "frob-sp", "delta"}
+    assert expected <= set(list_methods())
+    for name in list_methods():
+        method = get_method(name)
+        assert method.name == name
+        assert method.description
+        assert "lr" in method.params
+
+
+def test_unknown_method_lists_the_registry() -> None:
+    with pytest.raises(ConfigError, match="mars-pgm") as info:
+        get_method("mars-pgn")
+    assert "'mars-pgn'" in str(info.value)
+    assert "l2-sp" in str(info.value)
+
+
+def test_duplicate_registration_raises() -> None:
+    def again() -> Method:
+        return Method("l2-sp", "again", patch={}, params=("lr",))
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_method(again)
+    assert get_method("l2-sp").description != "again"
+
+
+def test_a_method_with_an_unknown_parameter_is_refused() -> None:
+    def odd() -> Method:
+        return Method("odd-method", "odd", patch={}, params=("momentum",))
+
+    with pytest.raises(ValueError, match="momentum"):
+        register_method(odd)
+    assert "odd-method" not in list_methods()
+
+
+def test_fixed_patches() -> None:
+    assert get_method("mars-pgm").patch == {
+        "constraint": {"norm": "mars"},
+        "penalty": {"name": "none"},
+    }
+    assert get_method("delta").patch["penalty"] == {"name": "delta"}
+    assert get_method("standard").patch["constraint"]["norm"] == "none"
+
+
+# ---------------------------------------------------------------------------- deep_merge
+
+
+def test_deep_merge_is_nested_and_leaves_its_arguments_alone() -> None:
+    base = {"a": {"b": 1, "c": {"d": 2}}, "e": [1, 2]}
+    patch = {"a": {"c": {"d": 3, "f": 4}}, "g": 5}
+    merged = deep_merge(base, patch)
+    assert merged == {"a": {"b": 1, "c": {"d": 3, "f": 4}}, "e": [1, 2], "g": 5}
+    assert base == {"a": {"b": 1, "c": {"d": 2}}, "e": [1, 2]}
+    assert patch == {"a": {"c": {"d": 3, "f": 4}}, "g": 5}
+    merged["e"].append(3)
+    assert base["e"] == [1, 2]
+
+
+def test_deep_merge_replaces_a_scalar_by_a_mapping_and_back() -> None:
+    assert deep_merge({"r": 0.1}, {"r": {"x": 1.0}}) == {"r": {"x": 1.0}}
+    assert deep_merge({"r": {"x": 1.0}}, {"r": 0.5}) == {"r": 0.5}
+
+
+# ---------------------------------------------------------------------------- suggest
+
+
+@pytest.mark.parametrize(("name", "groups"), _cases())
+def test_suggest_gives_a_valid_recipe_with_stable_names(name: str, groups: GroupMode) -> None:
+    study = optuna.create_study(direction="maximize")
+    space = _space(name, groups)
+    for _ in range(3):
+        trial = study.ask()
+        patch = suggest(name, space, trial, groups=GROUPS)
+        recipe = recipe_from_dict(deep_merge(_digits(), patch))
+        assert set(trial.params) == _expected_names(name, groups)
+        for param, value in trial.params.items():
+            assert space.param_for(param) is not None
+            assert space.param_for(param).contains(value)  # type: ignore[union-attr]
+        _check_recipe(name, groups, recipe, trial.params)
+        study.tell(trial, 0.5)
+
+
+def _check_recipe(name: str, groups: GroupMode, recipe: Recipe, params: dict[str, Any]) -> None:
+    method = get_method(name)
+    assert recipe.train.lr == params["lr"]
+    if not method.constrained:
+        assert recipe.constraint.norm == "none"
+        assert recipe.penalty.name == method.patch["penalty"]["name"]
+        if "alpha" in method.params:
+            assert (recipe.penalty.alpha, recipe.penalty.beta) == (params["alpha"], params["beta"])
+        return
+    assert recipe.penalty.name == "none"
+    assert recipe.constraint.relative is True
+    assert recipe.constraint.head_radius == params["head_radius"]
+    assert recipe.constraint.norm == params.get("norm", method.patch["constraint"].get("norm"))
+    if groups == "independent":
+        assert recipe.constraint.radius == {g: params[f"radius.{g}"] for g in GROUPS}
+        assert recipe.constraint.scale is None
+    elif groups == "geometric":
+        assert (recipe.constraint.radius, recipe.constraint.scale) == (
+            params["radius"],
+            params["scale"],
+        )
+    else:
+        assert (recipe.constraint.radius, recipe.constraint.scale) == (params["radius"], None)
+
+
+def test_standard_undoes_the_recipe_constraint_and_penalty() -> None:
+    base = deep_merge(_digits(), {"penalty": {"name": "l2-sp"}, "constraint": {"scale": 2.0}})
+    trial = optuna.create_study().ask()
+    recipe = recipe_from_dict(
+        deep_merge(base, suggest("standard", _space("standard", "shared"), trial, groups=GROUPS))
+    )
+    assert recipe.constraint.norm == "none"
+    assert math.isinf(recipe.constraint.head_radius)
+    assert recipe.penalty.name == "none"
+
+
+def test_shared_layout_clears_a_scale_left_in_the_recipe() -> None:
+    base = deep_merge(_digits(), {"constraint": {"scale": 2.0}})
+    trial = optuna.create_study().ask()
+    patch = suggest("mars-pgm", _space("mars-pgm", "shared"), trial, groups=GROUPS)
+    assert recipe_from_dict(deep_merge(base, patch)).constraint.scale is None
+
+
+def test_fixed_options_pass_into_the_recipe_and_none_keeps_the_recipes() -> None:
+    trial = optuna.create_study().ask()
+    space = MethodSpace("frob-pgm", _space("frob-pgm", "shared").params, mode="exact")
+    patch = suggest("frob-pgm", space, trial, groups=GROUPS)
+    recipe = recipe_from_dict(deep_merge(_digits(), patch))
+    assert recipe.constraint.mode == "exact"
+    assert recipe.constraint.relative is True  # configs/digits.yaml's
+    assert "relative" not in patch["constraint"]
+
+
+def test_a_method_object_works_like_its_name() -> None:
+    space = _space("l2-sp", "shared")
+    a = suggest(
+        "l2-sp", space, optuna.trial.FixedTrial({"alpha": 0.1, "beta": 0.2, "lr": 1e-3}), groups=()
+    )
+    b = suggest(
+        get_method("l2-sp"),
+        space,
+        optuna.trial.FixedTrial({"alpha": 0.1, "beta": 0.2, "lr": 1e-3}),
+        groups=(),
+    )
+    assert a == b
+
+
+def test_independent_override_range_for_one_group() -> None:
+    space = _space("mars-pgm", "independent", **{"radius.block3": FloatRange(5.0, 6.0)})
+    study = optuna.create_study()
+    for _ in range(5):
+        trial = study.ask()
+        radii = suggest("mars-pgm", space, trial, groups=GROUPS)["constraint"]["radius"]
+        assert 5.0 <= radii["block3"] <= 6.0
+        assert radii["block1"] <= 2.0
+        study.tell(trial, 0.0)
+
+
+def test_independent_names_must_be_model_groups() -> None:
+    space = _space("mars-pgm", "independent", **{"radius.layer9": FloatRange(5.0, 6.0)})
+    trial = optuna.create_study().ask()
+    with pytest.raises(ConfigError, match=r"radius\.layer9.*block1, block2, block3"):
+        suggest("mars-pgm", space, trial, groups=GROUPS)
+
+
+def test_independent_radii_need_the_groups() -> None:
+    trial = optuna.create_study().ask()
+    with pytest.raises(ConfigError, match="independent"):
+        suggest("mars-pgm", _space("mars-pgm", "independent"), trial, groups=())
+
+
+# ---------------------------------------------------------------------------- enqueue
+
+
+@pytest.mark.parametrize(
+    ("name", "groups", "point"),
+    [
+        ("mars-pgm", "shared", {"radius": 0.1, "head_radius": 3.0}),
+        ("pgm", "shared", {"norm": "frob", "radius": 0.3, "head_radius": 3.0, "lr": 1e-3}),
+        ("frob-pgm", "geometric", {"radius": 0.132, "scale": 3.98, "head_radius": 10.77}),
+        ("l2-sp", "shared", {"alpha": 0.0399, "beta": 0.0953}),
+        ("mars-pgm", "independent", {"radius": 0.1, "radius.block2": 0.5, "head_radius": 3.0}),
+    ],
+)
+def test_enqueued_points_are_honoured(name: str, groups: GroupMode, point: dict[str, Any]) -> None:
+    space = _space(name, groups)
+    study = optuna.create_study(direction="maximize")
+    params = enqueue_params(space, point, groups=GROUPS)
+    study.enqueue_trial(params)
+    trial = study.ask()
+    patch = suggest(name, space, trial, groups=GROUPS)
+    for key, value in params.items():
+        assert trial.params[key] == pytest.approx(value)
+    if groups == "independent":
+        assert patch["constraint"]["radius"] == {"block1": 0.1, "block2": 0.5, "block3": 0.1}
+
+
+def test_enqueue_params_passes_other_layouts_through() -> None:
+    point = {"radius": 0.1, "head_radius": 3.0}
+    assert enqueue_params(_space("mars-pgm", "shared"), point, groups=GROUPS) == point

@@ -1,0 +1,123 @@
+"""Samplers and pruners by name: registries, seed policy per worker, Optuna 5 defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+import warnings
+
+import optuna
+import pytest
+
+from finetune.config import from_dict
+from finetune.errors import ConfigError
+from search.samplers import PrunerConfig
+from search.samplers import SamplerConfig
+from search.samplers import list_pruners
+from search.samplers import list_samplers
+from search.samplers import make_pruner
+from search.samplers import make_sampler
+from search.samplers import register_pruner
+from search.samplers import register_sampler
+from search.samplers import worker_seed
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna() -> Iterator[None]:
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    yield
+    optuna.logging.set_verbosity(level)
+
+
+def _first_point(cfg: SamplerConfig, worker: int) -> float:
+    study = optuna.create_study(sampler=make_sampler(cfg, worker=worker))
+    return study.ask().suggest_float("x", 1e-3, 1.0, log=True)
+
+
+def test_registries_list_the_design_names() -> None:
+    assert list_samplers() == ["cmaes", "gp", "random", "tpe"]
+    assert list_pruners() == ["hyperband", "median", "none"]
+
+
+@pytest.mark.parametrize(
+    ("cls", "data", "needles"),
+    [
+        (SamplerConfig, {"name": "bayes"}, ["sampler.name", "'bayes'", "tpe", "gp", "cmaes"]),
+        (SamplerConfig, {"seed": -1}, ["sampler.seed", "-1"]),
+        (SamplerConfig, {"seed": "x"}, ["sampler.seed", "'x'"]),
+        (PrunerConfig, {"name": "asha"}, ["pruner.name", "'asha'", "median", "hyperband"]),
+        (PrunerConfig, {"n_warmup_steps": -2}, ["pruner.n_warmup_steps", "-2"]),
+        (PrunerConfig, {"n_startup_trials": -1}, ["pruner.n_startup_trials"]),
+    ],
+)
+def test_bad_configs_name_the_key_and_the_choices(
+    cls: type, data: dict[str, object], needles: list[str]
+) -> None:
+    prefix = "sampler." if cls is SamplerConfig else "pruner."
+    with pytest.raises(ConfigError) as info:
+        from_dict(cls, data, prefix=prefix)
+    for needle in needles:
+        assert needle in str(info.value)
+
+
+def test_duplicate_registration_raises() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register_sampler("tpe")(lambda seed: optuna.samplers.RandomSampler(seed=seed))
+    with pytest.raises(ValueError, match="already registered"):
+        register_pruner("none")(lambda cfg, epochs: optuna.pruners.NopPruner())
+
+
+@pytest.mark.parametrize("name", ["tpe", "gp", "random"])
+def test_every_sampler_builds_without_deprecated_arguments(name: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler = make_sampler(SamplerConfig(name=name, seed=3), worker=0)
+    assert isinstance(sampler, optuna.samplers.BaseSampler)
+
+
+def test_cmaes_builds() -> None:  # cmaes is a dependency of tether
+    assert isinstance(
+        make_sampler(SamplerConfig(name="cmaes"), worker=0), optuna.samplers.CmaEsSampler
+    )
+
+
+def test_tpe_keeps_the_optuna5_defaults() -> None:
+    sampler = make_sampler(SamplerConfig(), worker=0)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._constant_liar is True
+    assert sampler._multivariate is None  # None = multivariate for one objective in Optuna 5
+
+
+def test_worker_seed_policy() -> None:
+    assert worker_seed(None, 0) is None
+    assert worker_seed(None, 7) is None
+    assert worker_seed(10, 0) == 10
+    assert worker_seed(10, 5) == 15
+    assert 0 <= worker_seed(2**32 - 1, 3) < 2**32  # type: ignore[operator]
+    with pytest.raises(ValueError, match="worker"):
+        worker_seed(1, -1)
+
+
+@pytest.mark.parametrize("name", ["tpe", "random"])
+def test_workers_never_share_a_seed_and_a_worker_repeats_itself(name: str) -> None:
+    cfg = SamplerConfig(name=name, seed=42)
+    assert _first_point(cfg, 0) == _first_point(cfg, 0)
+    assert _first_point(cfg, 1) == _first_point(cfg, 1)
+    assert len({_first_point(cfg, w) for w in range(4)}) == 4
+
+
+def test_no_seed_is_random_per_process() -> None:
+    cfg = SamplerConfig(name="random", seed=None)
+    assert _first_point(cfg, 0) != _first_point(cfg, 0)
+
+
+def test_pruners() -> None:
+    median = make_pruner(PrunerConfig(n_startup_trials=3, n_warmup_steps=7), epochs=30)
+    assert isinstance(median, optuna.pruners.MedianPruner)
+    assert (median._n_startup_trials, median._n_warmup_steps) == (3, 7)
+    hyperband = make_pruner(PrunerConfig(name="hyperband"), epochs=30)
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
+    assert (hyperband._min_resource, hyperband._max_resource) == (1, 30)
+    assert isinstance(make_pruner(PrunerConfig(name="none"), epochs=1), optuna.pruners.NopPruner)
+    with pytest.raises(ValueError, match="epochs"):
+        make_pruner(PrunerConfig(), epochs=0)

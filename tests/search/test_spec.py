@@ -1,0 +1,352 @@
+"""Study specs: the three shipped files load; every bad key or value is a ConfigError naming it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune.errors import ConfigError
+from finetune.recipe import recipe_from_dict
+from search.spec import Choice
+from search.spec import FloatRange
+from search.spec import StudySpec
+from search.spec import load_spec
+from search.spec import spec_from_dict
+
+
+ROOT = Path(__file__).resolve().parents[2]
+STUDIES = ROOT / "studies"
+DIGITS = str(ROOT / "configs" / "digits.yaml")
+MARS = {
+    "relative": True,
+    "radius": {"low": 0.01, "high": 2.0},
+    "head_radius": {"low": 0.5, "high": 30.0},
+}
+PENALTY = {"alpha": {"low": 1e-4, "high": 0.5}, "beta": {"low": 1e-4, "high": 0.5}}
+
+
+def _spec(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "t",
+        "recipe": DIGITS,
+        "budget": {"n_trials": 2},
+        "methods": {"mars-pgm": dict(MARS), "l2-sp": dict(PENALTY)},
+    }
+    data.update(changes)
+    return data
+
+
+def _method(name: str, **space: Any) -> dict[str, Any]:
+    return _spec(methods={name: space})
+
+
+def _load(data: dict[str, Any]) -> StudySpec:
+    return spec_from_dict(data, root=str(ROOT))
+
+
+# ------------------------------------------------------------------------ shipped specs
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_specs_load(path: Path) -> None:
+    spec = load_spec(str(path))
+    assert spec.name == path.stem
+    recipe_from_dict(spec.base_recipe())
+    json.dumps(spec.to_dict(), allow_nan=False)
+    for method, space in spec.methods.items():
+        assert spec.study_name(method) == f"{path.stem}/{method}"
+        assert len(spec.fingerprint(method)) == 64
+        assert space.enqueue or not space.params or path.stem == "digits"
+
+
+def test_digits_compares_every_method() -> None:
+    spec = load_spec(str(STUDIES / "digits.yaml"))
+    assert set(spec.methods) == {
+        "standard",
+        "l2-sp",
+        "mars-sp",
+        "frob-sp",
+        "delta",
+        "mars-pgm",
+        "frob-pgm",
+        "pgm",
+    }
+    assert spec.base_recipe()["data"]["noise_rate"] == 0.4
+    assert spec.methods["mars-pgm"].enqueue == ({"radius": 0.1, "head_radius": 3.0},)
+    assert spec.methods["mars-pgm"].relative is True
+
+
+def test_flowers_carries_the_reference_ranges_and_the_papers_values() -> None:
+    spec = load_spec(str(STUDIES / "flowers-resnet101.yaml"), ["set.data.root=/data/flowers"])
+    assert spec.base_recipe()["data"]["root"] == "/data/flowers"
+    assert spec.budget.n_trials == 20
+    assert (spec.evaluation.n_seeds, spec.evaluation.refit) == (5, True)
+    assert spec.methods["mars-pgm"].params["radius"] == FloatRange(1.6487, 33.115)
+    assert spec.methods["delta"].params["alpha"] == FloatRange(4.54e-5, 0.368)
+    assert spec.methods["mars-pgm"].enqueue == ({"radius": 6.581, "head_radius": 7.614},)
+    assert spec.n_trials("standard") == 1
+    assert spec.n_trials("mars-pgm") == 20
+
+
+# ------------------------------------------------------------------------ the API
+
+
+def test_overrides_reach_the_spec_and_through_set_the_recipe(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_spec(set={"train.epochs": 7})))
+    spec = load_spec(str(path), ["budget.n_trials=3", "set.train.lr=0.01"])
+    assert spec.budget.n_trials == 3
+    assert spec.base_recipe()["train"]["epochs"] == 7
+    assert spec.base_recipe()["train"]["lr"] == 0.01
+    assert load_spec(str(path), ["set.train.epochs=2"]).base_recipe()["train"]["epochs"] == 2
+
+
+def test_recipe_is_relative_to_the_spec_file(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "r.yaml").write_text(Path(DIGITS).read_text())
+    (tmp_path / "studies").mkdir()
+    path = tmp_path / "studies" / "s.yaml"
+    path.write_text(yaml.safe_dump(_spec(recipe="../configs/r.yaml")))
+    assert load_spec(str(path)).base_recipe()["name"] == "r"
+
+
+def test_base_recipe_is_a_copy() -> None:
+    spec = _load(_spec())
+    spec.base_recipe()["train"]["epochs"] = -1
+    assert spec.base_recipe()["train"]["epochs"] == 150
+
+
+def test_fingerprint_follows_the_space_and_the_recipe_not_the_budget() -> None:
+    base = _load(_spec()).fingerprint("mars-pgm")
+    assert _load(_spec(budget={"n_trials": 9})).fingerprint("mars-pgm") == base
+    space = {**MARS, "enqueue": [{"radius": 0.1}]}
+    assert _load(_spec(methods={"mars-pgm": space})).fingerprint("mars-pgm") == base
+    wider = {**MARS, "radius": {"low": 0.01, "high": 3.0}}
+    assert _load(_spec(methods={"mars-pgm": wider})).fingerprint("mars-pgm") != base
+    assert _load(_spec(set={"train.epochs": 3})).fingerprint("mars-pgm") != base
+    with pytest.raises(ConfigError, match="no method 'pgm'"):
+        _load(_spec()).fingerprint("pgm")
+
+
+def test_parameters_and_defaults() -> None:
+    spec = _load(
+        _method(
+            "pgm",
+            norm=["mars", "frob"],
+            radius={"low": "1e-2", "high": 1},
+            **{"head_radius": [1.0, 3.0], "lr": {"low": 0.0001, "high": 0.01, "log": False}},
+        )
+    )
+    space = spec.methods["pgm"]
+    assert space.params["norm"] == Choice(("mars", "frob"))
+    assert space.params["radius"] == FloatRange(0.01, 1.0, log=True)
+    assert space.params["head_radius"] == Choice((1.0, 3.0))
+    assert space.params["lr"] == FloatRange(1e-4, 1e-2, log=False)
+    assert space.groups == "shared"
+    assert (spec.sampler.name, spec.pruner.name, spec.evaluation.n_seeds) == ("tpe", "median", 5)
+
+
+def test_to_dict_round_trips_through_spec_from_dict() -> None:
+    spec = _load(
+        _spec(
+            methods={"mars-pgm": {**MARS, "groups": "geometric", "scale": {"low": 1, "high": 3}}}
+        )
+    )
+    data = spec.to_dict()
+    data.pop("base_recipe")
+    assert _load(data) == spec
+
+
+def test_independent_enqueue_may_give_one_radius_for_every_group() -> None:
+    space = {**MARS, "groups": "independent", "radius.block3": {"low": 1.0, "high": 5.0}}
+    space["enqueue"] = [{"radius": 0.1, "radius.block3": 2.0, "head_radius": 3.0}]
+    assert _load(_method("mars-pgm", **space)).methods["mars-pgm"].enqueue
+
+
+# ------------------------------------------------------------------------ errors
+
+
+BAD: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("unknown top key", _spec(bogus=1), ["bogus", "methods", "budget"]),
+    ("unknown method", _method("mars-pgn"), ["methods.mars-pgn", "mars-pgm", "l2-sp"]),
+    ("no methods", _spec(methods={}), ["methods"]),
+    (
+        "param not accepted",
+        _method("l2-sp", **PENALTY, radius={"low": 1, "high": 2}),
+        ["methods.l2-sp.radius", "alpha, beta, lr"],
+    ),
+    (
+        "scale without geometric",
+        _method("mars-pgm", **MARS, scale={"low": 1, "high": 2}),
+        ["methods.mars-pgm.scale", "groups: shared", "scale (groups: geometric)"],
+    ),
+    (
+        "group radius without independent",
+        _method("mars-pgm", **MARS, **{"radius.block1": {"low": 1, "high": 2}}),
+        ["methods.mars-pgm.radius.block1", "radius.<group> (groups: independent)"],
+    ),
+    (
+        "missing radius",
+        _method("mars-pgm", head_radius={"low": 1, "high": 2}),
+        ["methods.mars-pgm.radius", "required"],
+    ),
+    (
+        "missing head radius",
+        _method("frob-pgm", radius={"low": 1, "high": 2}),
+        ["methods.frob-pgm.head_radius", "required"],
+    ),
+    (
+        "geometric needs scale",
+        _method("mars-pgm", **MARS, groups="geometric"),
+        ["methods.mars-pgm.scale", "required"],
+    ),
+    ("pgm needs norm", _method("pgm", **MARS), ["methods.pgm.norm", "required"]),
+    (
+        "penalty needs beta",
+        _method("delta", alpha={"low": 1e-3, "high": 1}),
+        ["methods.delta.beta", "required"],
+    ),
+    ("bad norm", _method("pgm", **MARS, norm=["mars", "l1"]), ["methods.pgm.norm", "mars, frob"]),
+    ("norm as range", _method("pgm", **MARS, norm={"low": 1, "high": 2}), ["methods.pgm.norm"]),
+    (
+        "bad groups",
+        _method("mars-pgm", **MARS, groups="perlayer"),
+        ["methods.mars-pgm.groups", "'perlayer'", "independent", "geometric"],
+    ),
+    (
+        "groups on a penalty",
+        _method("l2-sp", **PENALTY, groups="shared"),
+        ["methods.l2-sp.groups", "groups, relative, mode"],
+    ),
+    (
+        "bad mode",
+        _method("mars-pgm", **MARS, mode="project"),
+        ["methods.mars-pgm.mode", "rescale"],
+    ),
+    (
+        "low >= high",
+        _method("mars-pgm", **{**MARS, "radius": {"low": 2.0, "high": 1.0}}),
+        ["methods.mars-pgm.radius", "low must be < high", "2.0"],
+    ),
+    (
+        "log from zero",
+        _method("mars-pgm", **{**MARS, "radius": {"low": 0, "high": 1.0}}),
+        ["methods.mars-pgm.radius", "log", "0"],
+    ),
+    (
+        "range typo",
+        _method("mars-pgm", **{**MARS, "radius": {"low": 0.1, "hi": 1.0}}),
+        ["methods.mars-pgm.radius.hi", "high"],
+    ),
+    (
+        "range missing high",
+        _method("mars-pgm", **{**MARS, "radius": {"low": 0.1}}),
+        ["methods.mars-pgm.radius", "high"],
+    ),
+    (
+        "range not a number",
+        _method("mars-pgm", **{**MARS, "radius": {"low": "a", "high": 1}}),
+        ["methods.mars-pgm.radius.low", "'a'"],
+    ),
+    (
+        "scalar, not a range",
+        _method("mars-pgm", **{**MARS, "radius": 0.1}),
+        ["methods.mars-pgm.radius", "0.1", "range"],
+    ),
+    (
+        "empty choices",
+        _method("mars-pgm", **{**MARS, "radius": []}),
+        ["methods.mars-pgm.radius", "empty"],
+    ),
+    (
+        "enqueue unknown param",
+        _method("mars-pgm", **MARS, enqueue=[{"alpha": 0.1}]),
+        ["methods.mars-pgm.enqueue[0].alpha", "radius, head_radius"],
+    ),
+    (
+        "enqueue outside range",
+        _method("mars-pgm", **MARS, enqueue=[{"radius": 5.0}]),
+        ["methods.mars-pgm.enqueue[0].radius", "5.0", "[0.01, 2.0]"],
+    ),
+    (
+        "enqueue second point",
+        _method("l2-sp", **PENALTY, enqueue=[{"alpha": 0.1}, {"beta": "x"}]),
+        ["methods.l2-sp.enqueue[1].beta", "'x'"],
+    ),
+    (
+        "enqueue outside choices",
+        _method("pgm", **MARS, norm=["mars"], enqueue=[{"norm": "frob"}]),
+        ["methods.pgm.enqueue[0].norm", "'frob'", "'mars'"],
+    ),
+    (
+        "enqueue group radius outside",
+        _method("mars-pgm", **MARS, groups="independent", enqueue=[{"radius.block1": 9.0}]),
+        ["methods.mars-pgm.enqueue[0].radius.block1", "9.0"],
+    ),
+    (
+        "enqueue not a mapping",
+        _method("mars-pgm", **MARS, enqueue=[0.1]),
+        ["methods.mars-pgm.enqueue[0]", "mapping"],
+    ),
+    ("n_trials 0", _spec(budget={"n_trials": 0}), ["budget.n_trials", "0"]),
+    ("n_trials text", _spec(budget={"n_trials": "many"}), ["budget.n_trials", "'many'"]),
+    ("timeout 0", _spec(budget={"timeout": 0}), ["budget.timeout", "0"]),
+    ("trial timeout < 0", _spec(budget={"trial_timeout": -5}), ["budget.trial_timeout", "-5"]),
+    ("budget typo", _spec(budget={"trials": 3}), ["budget.trials", "n_trials"]),
+    ("n_seeds 0", _spec(evaluation={"n_seeds": 0}), ["evaluation.n_seeds", "0"]),
+    ("bad sampler", _spec(sampler={"name": "bayes"}), ["sampler.name", "'bayes'", "tpe"]),
+    ("bad pruner", _spec(pruner={"name": "asha"}), ["pruner.name", "'asha'", "median"]),
+    ("missing recipe file", _spec(recipe="configs/nope.yaml"), ["recipe", "configs/nope.yaml"]),
+    ("no recipe", {k: v for k, v in _spec().items() if k != "recipe"}, ["recipe", "None"]),
+    ("bad set value", _spec(set={"train.epochs": 0}), ["train.epochs", "0"]),
+    ("bad set key", _spec(set={"train.epochz": 3}), ["train.epochz"]),
+    ("bad name", _spec(name="a/b"), ["name", "'a/b'"]),
+    (
+        "patch breaks the recipe",
+        _method("standard", lr={"low": -1.0, "high": 1.0, "log": False}),
+        ["methods.standard", "train.lr", "-1.0"],
+    ),
+    (
+        "penalty weight below zero",
+        _method("l2-sp", alpha=[-0.1, 0.1], beta=[0.1]),
+        ["methods.l2-sp", "penalty.alpha", "-0.1"],
+    ),
+    (
+        "refit needs select last",
+        _spec(set={"train.select": "best-val"}, evaluation={"refit": True}),
+        ["evaluation.refit", "train.select"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "needles"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_errors_name_the_key_and_value(data: dict[str, Any], needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(data)
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+
+
+def test_missing_spec_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="study spec .*nope.yaml does not exist"):
+        load_spec(str(tmp_path / "nope.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: [\n")
+    with pytest.raises(ConfigError, match="study spec .*bad.yaml is not valid YAML"):
+        load_spec(str(bad))
+
+
+def test_bad_override(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_spec()))
+    with pytest.raises(ConfigError, match="budget.n_trials"):
+        load_spec(str(path), ["budget.n_trials=0"])
+
+
+def test_the_error_of_the_base_recipe_has_the_path() -> None:
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        _load(_spec(recipe="nope.yaml"))
