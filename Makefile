@@ -20,8 +20,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
+# The main job on the offline digits task: search every method, evaluate, compare, report.
 demo: $(STAMP)
-	$(BIN)/tether finetune configs/digits.yaml
+	rm -f demo.db
+	$(BIN)/tether run studies/digits.yaml --storage sqlite:///demo.db --devices cpu --report demo-report.html
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

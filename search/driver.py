@@ -8,6 +8,7 @@ tells the study. Any number of workers on any number of machines can join the sa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 import os
@@ -141,6 +142,7 @@ class Search:
         log_dir: one log file per trial.
         cache_dir: the workers' cache (digits source network, decoded images, DELTA).
         methods: only these methods (default: all of the spec's).
+        target: what a worker runs instead of the fine-tuning (benchmarks of the harness).
     """
 
     def __init__(
@@ -153,8 +155,10 @@ class Search:
         log_dir: Path,
         cache_dir: Path | None = None,
         methods: Sequence[str] | None = None,
+        target: Callable[..., int] | None = None,
     ) -> None:
         self.spec = spec
+        self.target = target
         self.launcher = launcher
         self.slots = list(slots)
         self.log_dir = log_dir
@@ -273,6 +277,7 @@ class Search:
                     time_limit=self.spec.budget.trial_timeout,
                     cache_dir=self.cache_dir,
                     running=lambda process: self._track(slot, process),
+                    target=self.target,
                 )
                 study.tell(trial, value)
                 outcome = f"val {100 * value:.1f}%"

@@ -74,11 +74,13 @@ def run_trial(
     time_limit: float | None = None,
     cache_dir: Path | None = None,
     running: Callable[[TrialProcess | None], None] = lambda process: None,
+    target: Callable[..., int] | None = None,
 ) -> float:
     """Run ``recipe`` in a worker for ``trial``; return its validation accuracy.
 
     ``running`` is told the worker process when it starts and ``None`` when it has exited,
-    so that whoever holds the slot can stop it (Ctrl-C).
+    so that whoever holds the slot can stop it (Ctrl-C). ``target`` replaces the fine-tuning
+    run inside the worker (benchmarks of the harness itself).
 
     Raises:
         optuna.TrialPruned: the pruner stopped it.
@@ -91,7 +93,7 @@ def run_trial(
     log_path = log_dir / f"trial-{trial.number:05d}.log"
     started = time.monotonic()
     process = launcher.start(
-        recipe, device=slot.visible_devices, log_path=log_path, cache_dir=cache_dir
+        recipe, device=slot.visible_devices, log_path=log_path, cache_dir=cache_dir, target=target
     )
     watch = _Watch(curve=[])
     running(process)
