@@ -100,6 +100,7 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
             log_dir=Path(args.log_dir),
             cache_dir=cache_dir,
             methods=methods,
+            worker=0 if create else None,
         )
         print(
             f"searching {', '.join(s.method for s in search.states)} on "

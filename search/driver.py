@@ -143,6 +143,8 @@ class Search:
         cache_dir: the workers' cache (digits source network, decoded images, DELTA).
         methods: only these methods (default: all of the spec's).
         target: what a worker runs instead of the fine-tuning (benchmarks of the harness).
+        worker: offsets the sampler seed; ``tether run`` uses 0 (a seeded spec repeats),
+            ``tether worker`` one derived from host and pid (no two workers share a seed).
     """
 
     def __init__(
@@ -156,6 +158,7 @@ class Search:
         cache_dir: Path | None = None,
         methods: Sequence[str] | None = None,
         target: Callable[..., int] | None = None,
+        worker: int | None = None,
     ) -> None:
         self.spec = spec
         self.target = target
@@ -163,7 +166,7 @@ class Search:
         self.slots = list(slots)
         self.log_dir = log_dir
         self.cache_dir = cache_dir
-        self.worker = worker_number()
+        self.worker = worker_number() if worker is None else worker
         cpu_slots = sum(slot.device == "cpu" for slot in self.slots)
         if cpu_slots > 1 and "TETHER_NUM_THREADS" not in os.environ:
             # trials sharing the CPU must share its cores, or they thrash (2 threads each on
