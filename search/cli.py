@@ -18,6 +18,7 @@ from typing import Any
 from finetune import __version__
 from finetune.errors import ConfigError
 from search.cli_base import Command
+from search.cli_base import add_set_argument
 from search.commands import SEARCH_COMMANDS
 
 
@@ -87,14 +88,7 @@ class FinetuneCommand(Command):
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("recipe", help="a recipe file, e.g. configs/digits.yaml")
-        parser.add_argument(
-            "--set",
-            dest="overrides",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="override a recipe value by its dotted path, e.g. --set train.epochs=2",
-        )
+        add_set_argument(parser, what="recipe", example="train.epochs=2")
         parser.add_argument(
             "--json", action="store_true", help="print the worker's JSON-lines events on stdout"
         )

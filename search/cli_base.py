@@ -18,3 +18,15 @@ class Command(abc.ABC):
     @abc.abstractmethod
     def run(self, args: argparse.Namespace) -> int:
         """Do the work; return the exit code."""
+
+
+def add_set_argument(parser: argparse.ArgumentParser, *, what: str, example: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): override a value of ``what`` by its dotted path."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a {what} value by its dotted path, e.g. --set {example}",
+    )

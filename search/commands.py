@@ -14,22 +14,17 @@ import sys
 import optuna
 
 from search.cli_base import Command
+from search.cli_base import add_set_argument
 from search.spec import StudySpec
 from search.storage import mask_url
 from search.storage import open_storage
 from search.storage import resolve_url
+from search.storage import study_names
 
 
 def _spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", help="a study spec, e.g. studies/digits.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec value by its dotted path, e.g. --set budget.n_trials=4",
-    )
+    add_set_argument(parser, what="spec", example="budget.n_trials=4")
     parser.add_argument(
         "--methods", nargs="+", default=None, metavar="METHOD", help="only these methods"
     )
@@ -262,9 +257,7 @@ class StatusCommand(Command):
         from optuna.trial import TrialState
 
         spec, storage = _open(args)
-        names = {
-            s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-        }
+        names = study_names(storage)
         states = (
             TrialState.COMPLETE,
             TrialState.PRUNED,

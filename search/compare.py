@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from search.evaluate import EVALUATION_ATTR
 from search.spec import StudySpec
+from search.storage import study_names
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,7 @@ class Row:
 
 def collect(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[Row]:
     """One row per method of ``spec`` that has a study in ``storage``."""
-    names = {
-        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-    }
+    names = study_names(storage)
     rows = []
     for method in spec.methods:
         name = spec.study_name(method)

@@ -18,12 +18,11 @@ import plotly.graph_objects as go
 
 from search.compare import collect
 from search.spec import StudySpec
+from search.storage import study_names
 
 
 def _studies(spec: StudySpec, storage: optuna.storages.BaseStorage) -> dict[str, optuna.Study]:
-    names = {
-        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-    }
+    names = study_names(storage)
     return {
         m: optuna.load_study(study_name=spec.study_name(m), storage=storage)
         for m in spec.methods

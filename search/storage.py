@@ -146,3 +146,10 @@ def _reason(error: BaseException) -> str:
     original = getattr(error, "orig", None) or error
     text = str(original).strip().splitlines()
     return mask_url(text[0] if text else type(original).__name__)
+
+
+def study_names(storage: optuna.storages.BaseStorage) -> set[str]:
+    """The names of the studies a storage holds."""
+    return {
+        s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+    }
