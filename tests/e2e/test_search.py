@@ -248,6 +248,30 @@ def pg_spec(tmp_path: Path, postgres_url: str) -> Iterator[tuple[Path, str, str]
             optuna.delete_study(study_name=f"{name}/{method}", storage=storage)
 
 
+def _start_run(spec: Path, url: str, *, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """``tether run`` (search only) in the background."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "search.cli",
+            "run",
+            str(spec),
+            "--storage",
+            url,
+            "--devices",
+            "cpu",
+            "--no-evaluate",
+            "--no-report",
+        ],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _wait_for_studies(url: str, name: str, *, seconds: float = 120) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -263,28 +287,20 @@ def test_two_workers_on_postgres_split_the_budget(
 ) -> None:
     spec, url, name = pg_spec
     env = _env(cache_dir)
-    args = [sys.executable, "-m", "search.cli"]
-    first = subprocess.Popen(
+    first = _start_run(spec, url, cwd=tmp_path, env=env)
+    _wait_for_studies(url, name)
+    second = subprocess.run(
         [
-            *args,
-            "run",
+            sys.executable,
+            "-m",
+            "search.cli",
+            "worker",
             str(spec),
             "--storage",
             url,
             "--devices",
             "cpu",
-            "--no-evaluate",
-            "--no-report",
         ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _wait_for_studies(url, name)
-    second = subprocess.run(
-        [*args, "worker", str(spec), "--storage", url, "--devices", "cpu"],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -314,25 +330,7 @@ def test_a_killed_worker_is_reaped_and_its_trial_retried(
         methods={"standard": {}},
         set={"train.epochs": 100_000, "data.shots": 5, "data.val_shots": 3},
     )
-    args = [sys.executable, "-m", "search.cli"]
-    worker = subprocess.Popen(
-        [
-            *args,
-            "run",
-            str(slow),
-            "--storage",
-            url,
-            "--devices",
-            "cpu",
-            "--no-evaluate",
-            "--no-report",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = _start_run(slow, url, cwd=tmp_path, env=env)
     storage = open_storage(url)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
