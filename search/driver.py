@@ -33,6 +33,7 @@ from search.methods import suggest
 from search.samplers import make_pruner
 from search.samplers import make_sampler
 from search.spec import StudySpec
+from search.storage import study_names
 from search.tickets import Heartbeat
 from search.tickets import claim
 from search.tickets import enqueue_tickets
@@ -98,30 +99,80 @@ def create_studies(
         ConfigError: an existing study was made from a different search space.
     """
     groups = model_groups(spec)
+    chosen = list(methods or spec.methods)
+    existing = study_names(storage)
+    for method in chosen:  # every check before anything is written
+        if spec.study_name(method) in existing:
+            study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
+            check_compatible(study, spec, method)
     studies = []
-    for method in methods or list(spec.methods):
-        name = spec.study_name(method)
+    for method in chosen:
         study = optuna.create_study(
-            study_name=name, storage=storage, direction="maximize", load_if_exists=True
+            study_name=spec.study_name(method),
+            storage=storage,
+            direction="maximize",
+            load_if_exists=True,
         )
-        fingerprint = spec.fingerprint(method)
-        known = study.user_attrs.get(FINGERPRINT_ATTR)
-        if known is not None and known != fingerprint:
-            raise ConfigError(
-                f"study {name} was created from another search space or recipe; "
-                f"give the spec a new name (or delete the study) to start afresh"
-            )
-        if known is None:
+        if FINGERPRINT_ATTR not in study.user_attrs:
             study.set_user_attr(SPEC_ATTR, spec.to_dict())
-            study.set_user_attr(FINGERPRINT_ATTR, fingerprint)
+            study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint(method))
             study.set_user_attr(
                 VERSION_ATTR, {"tether": finetune.__version__, "optuna": optuna.__version__}
             )
         space = spec.methods[method]
-        known = [enqueue_params(space, point, groups=groups) for point in space.enqueue]
-        enqueue_tickets(study, n_trials=spec.n_trials(method), known=known)
+        points = [enqueue_params(space, point, groups=groups) for point in space.enqueue]
+        enqueue_tickets(study, n_trials=spec.n_trials(method), known=points)
         studies.append(study)
     return studies
+
+
+def _major(version: str) -> str:
+    return version.split(".", 1)[0]
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """The dotted key of the first difference between two JSON-like values, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            found = _first_difference(
+                old.get(key), new.get(key), f"{path}.{key}" if path else str(key)
+            )
+            if found:
+                return found
+        return None
+    if old != new:
+        return f"{path or 'the value'}: {old!r} -> {new!r}"
+    return None
+
+
+def check_compatible(study: optuna.Study, spec: StudySpec, method: str) -> None:
+    """Refuse to work on a study made by another Optuna major or from another search space.
+
+    Raises:
+        ConfigError: naming what differs and how to start afresh.
+    """
+    written = study.user_attrs.get(VERSION_ATTR, {}).get("optuna")
+    if written and _major(written) != _major(optuna.__version__):
+        raise ConfigError(
+            f"study {study.study_name} was written with optuna {written}, this process has "
+            f"optuna {optuna.__version__}; every worker of a study needs the same major version"
+        )
+    known = study.user_attrs.get(FINGERPRINT_ATTR)
+    if known is None or known == spec.fingerprint(method):
+        return
+    stored = study.user_attrs.get(SPEC_ATTR, {})
+    old_space = dict(stored.get("methods", {}).get(method) or {})
+    new_space = spec.methods[method].to_data(enqueue=False)
+    old_space.pop("enqueue", None)  # starting points may change: they are not the space
+    change = _first_difference(
+        {"space": old_space, "recipe": stored.get("base_recipe")},
+        {"space": new_space, "recipe": spec.base_recipe()},
+    )
+    raise ConfigError(
+        f"study {study.study_name} was created from another search space or recipe "
+        f"({change or 'the stored spec differs'}); give the spec a new name, or delete the "
+        "study, to start afresh"
+    )
 
 
 @dataclass
@@ -191,6 +242,7 @@ class Search:
                     f"study {spec.study_name(method)} does not exist in this storage; "
                     "create it with tether run"
                 ) from None
+            check_compatible(study, spec, method)
             self.states.append(_MethodState(method, study))
         self.done = 0
 
