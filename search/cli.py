@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 import inspect
-import json
 import math
 import os
 import sys
@@ -33,13 +32,15 @@ class ProgressPrinter:
     """Events in, human lines out: one line per epoch on stderr, the result on stdout."""
 
     def __init__(self, *, json_lines: bool) -> None:
-        self.json_lines = json_lines
+        from finetune.worker import JsonLines
+
+        self.json_lines = JsonLines(sys.stdout) if json_lines else None
         self.epochs = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
-        if self.json_lines:
-            print(json.dumps(event), flush=True)
+        if self.json_lines is not None:
+            self.json_lines(event)
         if kind == "start":
             self.epochs = int(event["recipe"]["train"]["epochs"])
             sizes = event["sizes"]
@@ -58,7 +59,7 @@ class ProgressPrinter:
                 file=sys.stderr,
                 flush=True,
             )
-        elif kind == "result" and not self.json_lines:
+        elif kind == "result" and self.json_lines is None:
             print(format_result(event))
 
 

@@ -77,14 +77,16 @@ def _methods(spec: StudySpec, args: argparse.Namespace) -> list[str] | None:
 def _search(args: argparse.Namespace, *, create: bool) -> int:
     from search.driver import Search
     from search.driver import create_studies
+    from search.driver import model_groups
     from search.driver import parse_devices
     from search.launcher import Launcher
 
     spec, storage = _open(args)
     methods = _methods(spec, args)
     slots = parse_devices(args.devices, args.trials_per_device)
+    groups = model_groups(spec)
     if create:
-        create_studies(spec, storage, methods=methods)
+        create_studies(spec, storage, methods=methods, groups=groups)
     cache_dir = None if args.cache_dir is None else Path(args.cache_dir)
     with Launcher(mode=args.launcher) as launcher:
         search = Search(
@@ -96,6 +98,7 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
             cache_dir=cache_dir,
             methods=methods,
             worker=0 if create else None,
+            groups=groups,
         )
         print(
             f"searching {', '.join(s.method for s in search.states)} on "

@@ -92,13 +92,16 @@ def create_studies(
     storage: optuna.storages.BaseStorage,
     *,
     methods: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
 ) -> list[optuna.Study]:
     """Create (or check) one study per method and enqueue its budget once.
+
+    ``groups`` are the model's layer groups (:func:`model_groups` builds the model if absent).
 
     Raises:
         ConfigError: an existing study was made from a different search space.
     """
-    groups = model_groups(spec)
+    groups = model_groups(spec) if groups is None else groups
     chosen = list(methods or spec.methods)
     existing = study_names(storage)
     for method in chosen:  # every check before anything is written
@@ -196,6 +199,7 @@ class Search:
         target: what a worker runs instead of the fine-tuning (benchmarks of the harness).
         worker: offsets the sampler seed; ``tether run`` uses 0 (a seeded spec repeats),
             ``tether worker`` one derived from host and pid (no two workers share a seed).
+        groups: the model's layer groups, if the caller has them (else the model is built).
     """
 
     def __init__(
@@ -210,6 +214,7 @@ class Search:
         methods: Sequence[str] | None = None,
         target: Callable[..., int] | None = None,
         worker: int | None = None,
+        groups: Sequence[str] | None = None,
     ) -> None:
         self.spec = spec
         self.target = target
@@ -223,7 +228,7 @@ class Search:
             # trials sharing the CPU must share its cores, or they thrash (2 threads each on
             # 2 cores ran 6x slower than 1 each). Trials inherit the environment at start.
             os.environ["TETHER_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_slots))
-        self.groups = model_groups(spec)
+        self.groups = list(model_groups(spec) if groups is None else groups)
         self.epochs = int(spec.base_recipe()["train"]["epochs"])
         self._lock = threading.Lock()
         self._stop = threading.Event()

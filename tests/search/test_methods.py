@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import math
 from pathlib import Path
 from typing import Any
@@ -39,14 +38,6 @@ RANGES: dict[str, FloatRange | Choice] = {
     "beta": FloatRange(1e-4, 1.0),
     "norm": Choice(("mars", "frob")),
 }
-
-
-@pytest.fixture(autouse=True)
-def _quiet_optuna() -> Iterator[None]:
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield
-    optuna.logging.set_verbosity(level)
 
 
 def _digits() -> dict[str, Any]:

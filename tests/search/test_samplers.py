@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import warnings
 
 import optuna
@@ -19,14 +18,6 @@ from search.samplers import make_sampler
 from search.samplers import register_pruner
 from search.samplers import register_sampler
 from search.samplers import worker_seed
-
-
-@pytest.fixture(autouse=True)
-def _quiet_optuna() -> Iterator[None]:
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    yield
-    optuna.logging.set_verbosity(level)
 
 
 def _first_point(cfg: SamplerConfig, worker: int) -> float:
