@@ -29,6 +29,7 @@ from finetune.layers import layer_groups
 from finetune.models import BuiltModel
 from finetune.models import build_model
 from finetune.models.digits_cnn import pretrained_source_checkpoint
+from finetune.models.source import source_task
 from finetune.recipe import Recipe
 from finetune.regularizers import PenaltyContext
 from finetune.regularizers import ProjectionPlan
@@ -40,6 +41,7 @@ from finetune.training.loop import Device
 from finetune.training.loop import EpochStats
 from finetune.training.loop import Trainer
 from finetune.training.loop import evaluate
+from finetune.training.relabel import relabel_summary
 
 
 Emit = Callable[[dict[str, Any]], None]
@@ -135,6 +137,10 @@ def run(
             train_images=task.train.images, train_labels=task.train.labels,
             transform=eval_transform, device=device.device, cache_dir=cache_dir,
             cache_key=_cache_key(recipe, built, task), seed=cfg.seed,
+            source=source_task(
+                recipe.model, recipe.data, folder=recipe.penalty.fisher_data,
+                cache_dir=cache_dir,
+            ),
         ),
     )  # fmt: skip
     train_split: Split = task.train_val() if cfg.refit else task.train
@@ -192,6 +198,10 @@ def run(
     if task.train.clean_labels is not None and not cfg.refit:
         result["noisy_fraction"] = float(
             (task.train.labels != task.train.clean_labels).float().mean()
+        )
+    if trainer.correction.enabled:
+        result["relabel"] = relabel_summary(
+            train_split.labels, trainer.labels, train_split.clean_labels
         )
     emit(result)
     return result

@@ -7,6 +7,7 @@ from finetune.regularizers._base import NoPenalty
 from finetune.regularizers._constraint import DistanceConstraint
 from finetune.regularizers._constraint import resolve_radii
 from finetune.regularizers._context import PenaltyContext
+from finetune.regularizers._context import SourceTask
 from finetune.regularizers._l1ball import project_rows_l1
 from finetune.regularizers._plan import NORMS
 from finetune.regularizers._plan import ProjectionPlan
@@ -38,6 +39,7 @@ __all__ = [
     "PenaltyInfo",
     "ProjectionPlan",
     "Reference",
+    "SourceTask",
     "Target",
     "build_constraint",
     "build_penalty",

@@ -100,6 +100,38 @@ def _marssp(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
     )  # fmt: skip
 
 
+@register_penalty(
+    "l1-sp", "alpha sum |w - w0| + beta/2 ||w_head||^2 (L1-SP, Li et al., ICML 2018)"
+)
+def _l1sp(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
+    return DistancePenalty(
+        ctx.model, head=ctx.head, groups=ctx.groups, distance="l1", head_distance="squared",
+        alpha=cfg.alpha, beta=cfg.beta, half=True, include=cfg.include,
+    )  # fmt: skip
+
+
+@register_penalty(
+    "l2-sp-fisher",
+    "alpha/2 sum F (w - w0)^2 + beta/2 ||w_head||^2, F = source Fisher (Li et al., ICML 2018)",
+)
+def _l2sp_fisher(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
+    from finetune.regularizers._fisher import build_fisher
+
+    return build_fisher(
+        ctx, alpha=cfg.alpha, beta=cfg.beta, include=cfg.include,
+        samples=cfg.fisher_samples, epsilon=cfg.fisher_epsilon,
+    )  # fmt: skip
+
+
+@register_penalty(
+    "bss", "alpha * k smallest squared singular values of the features (Chen et al., 2019)"
+)
+def _bss(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
+    from finetune.regularizers._bss import BatchSpectralShrinkage
+
+    return BatchSpectralShrinkage(ctx.model, head=ctx.head, eta=cfg.alpha, k=cfg.k)
+
+
 @register_penalty("delta", "attention-weighted feature-map distance (Li et al., ICLR 2019)")
 def _delta(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
     from finetune.regularizers._delta import build_delta

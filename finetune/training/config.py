@@ -21,6 +21,14 @@ class TrainConfig:
     paper's final protocol (no validation curve then, so ``select`` must be ``last``).
     ``test``: also evaluate the test split at the end (a search turns it off).
     ``amp`` and ``channels_last`` act on CUDA only.
+
+    Noisy labels, RSL (Li & Zhang, NeurIPS 2021; :mod:`finetune.training.relabel`), both off
+    by default (epoch 0). ``correct_epoch``: from this (1-based) epoch on, a training label is
+    overwritten by the model's prediction when that prediction's probability is above
+    ``correct_threshold`` (in (0, 1]); corrections persist across epochs. ``reweight_epoch``:
+    from this epoch on, each batch loss is ``sum_i w_i l_i`` with ``w = softmax(-l / T)``,
+    where ``T`` starts at ``reweight_temperature`` and decays to half of it. The paper's
+    ResNet-18 settings: reweight epoch 5, temperature 2.0, correct epoch 10, threshold 0.9.
     """
 
     optimizer: Literal["adam", "sgd"] = "adam"
@@ -41,9 +49,17 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True
+    correct_epoch: int = 0
+    correct_threshold: float = 0.9
+    reweight_epoch: int = 0
+    reweight_temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        positive = {"lr": self.lr, "lr_gamma": self.lr_gamma}
+        positive = {
+            "lr": self.lr,
+            "lr_gamma": self.lr_gamma,
+            "reweight_temperature": self.reweight_temperature,
+        }
         for key, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"train.{key} must be > 0, got {value!r}")
@@ -63,6 +79,14 @@ class TrainConfig:
             raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum!r}")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay must be >= 0, got {self.weight_decay!r}")
+        rsl_epochs = {"correct_epoch": self.correct_epoch, "reweight_epoch": self.reweight_epoch}
+        for key, number in rsl_epochs.items():
+            if number < 0:
+                raise ConfigError(f"train.{key} must be >= 0 (0: off), got {number!r}")
+        if not 0 < self.correct_threshold <= 1:
+            raise ConfigError(
+                f"train.correct_threshold must be in (0, 1], got {self.correct_threshold!r}"
+            )
         if self.refit and self.select != "last":
             raise ConfigError("train.refit trains on train+val, so train.select must be 'last'")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

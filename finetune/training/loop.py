@@ -2,7 +2,9 @@
 
 Per batch, the same for every method (null objects keep it free of branches)::
 
-    loss = cross_entropy(model(x), y) + penalty(x)
+    logits = model(x)
+    correction.correct_(labels, index, logits)  # RSL label correction; a no-op when off
+    loss = reweighting.loss(logits, labels[index]) + penalty(x)  # the mean CE when off
     loss.backward()
     optimizer.step()
     constraint.project_()
@@ -25,6 +27,8 @@ from finetune.regularizers import BaseProjection
 from finetune.training.config import TrainConfig
 from finetune.training.optim import build_optimizer
 from finetune.training.optim import build_scheduler
+from finetune.training.relabel import LabelCorrection
+from finetune.training.relabel import Reweighting
 
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -36,7 +40,12 @@ class Stopped(Exception):
 
 @dataclass(frozen=True)
 class EpochStats:
-    """What one epoch did: the payload of a worker's ``epoch`` event."""
+    """What one epoch did: the payload of a worker's ``epoch`` event.
+
+    ``corrected``: how many stored training labels differ from the given ones at the end of
+    the epoch (``None`` without label correction). ``temperature``: the reweighting
+    temperature of the epoch (``None`` when the epoch does not reweight).
+    """
 
     epoch: int
     train_loss: float
@@ -45,6 +54,8 @@ class EpochStats:
     val_accuracy: float | None
     lr: float
     seconds: float
+    corrected: int | None = None
+    temperature: float | None = None
 
 
 @dataclass(frozen=True)
@@ -93,15 +104,14 @@ def batches(n: int, batch_size: int, *, generator: torch.Generator | None) -> li
     return out
 
 
-def _load(split: Split, index: torch.Tensor, device: Device) -> tuple[torch.Tensor, torch.Tensor]:
-    images = split.images[index]
-    labels = split.labels[index]
+def _to_device(tensor: torch.Tensor, device: Device) -> torch.Tensor:
     if device.device.type == "cuda":
-        images, labels = images.pin_memory(), labels.pin_memory()
-    return (
-        images.to(device.device, non_blocking=True),
-        labels.to(device.device, non_blocking=True),
-    )
+        tensor = tensor.pin_memory()
+    return tensor.to(device.device, non_blocking=True)
+
+
+def _load(split: Split, index: torch.Tensor, device: Device) -> tuple[torch.Tensor, torch.Tensor]:
+    return _to_device(split.images[index], device), _to_device(split.labels[index], device)
 
 
 @torch.no_grad()
@@ -124,6 +134,10 @@ def evaluate(
 
 class Trainer:
     """Fine-tunes ``model`` with one projection and one penalty, epoch by epoch.
+
+    The training labels are a copy of the split's, kept on ``device`` for the split trained on
+    last; RSL label correction (``cfg.correct_epoch``) changes that copy in place, and the
+    split itself is never modified (see :attr:`labels`).
 
     Args:
         model: the network, already on ``device``.
@@ -163,21 +177,52 @@ class Trainer:
             device.device.type, enabled=device.amp_dtype == torch.float16
         )
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.correction = LabelCorrection(cfg.correct_epoch, cfg.correct_threshold)
+        self.reweighting = Reweighting(cfg.reweight_epoch, cfg.reweight_temperature)
+        self._split: Split | None = None
+        self._labels: torch.Tensor | None = None
 
-    def train_epoch(self, split: Split) -> tuple[float, float]:
-        """One pass over ``split``; returns the mean training loss and accuracy."""
+    @property
+    def labels(self) -> torch.Tensor:
+        """The training labels of the split trained on last, by dataset index, on the device.
+
+        They equal the split's labels unless label correction changed some.
+
+        Raises:
+            RuntimeError: nothing was trained yet.
+        """
+        if self._labels is None:
+            raise RuntimeError("Trainer.labels: no split has been trained on yet")
+        return self._labels
+
+    def _labels_of(self, split: Split) -> torch.Tensor:
+        if self._split is not split or self._labels is None:
+            self._split = split
+            self._labels = split.labels.to(self.device.device, copy=True)
+        return self._labels
+
+    def train_epoch(self, split: Split, *, epoch: int) -> tuple[float, float]:
+        """One pass over ``split`` as epoch ``epoch`` (1-based).
+
+        Returns:
+            The mean training loss, and the accuracy against the (possibly corrected) labels.
+        """
         self.model.train()
+        stored = self._labels_of(split)
         total = torch.zeros((), device=self.device.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device.device, dtype=torch.long)
         seen = 0
         for index in batches(len(split), self.cfg.batch_size, generator=self.generator):
             if self.should_stop():
                 raise Stopped
-            images, labels = _load(split, index, self.device)
-            inputs = self.train_transform(images)
+            inputs = self.train_transform(_to_device(split.images[index], self.device))
+            index = index.to(self.device.device)
             with self.device.autocast():
                 logits = self.model(inputs)
-                loss = F.cross_entropy(logits.float(), labels) + self.penalty(inputs)
+                self.correction.correct_(stored, index, logits.detach(), epoch=epoch)
+                labels = stored[index]
+                fit_loss = self.reweighting.loss(logits.float(), labels, epoch=epoch)
+                loss = fit_loss + self.penalty(inputs)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -200,7 +245,7 @@ class Trainer:
         for epoch in range(1, self.cfg.epochs + 1):
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
-            train_loss, train_accuracy = self.train_epoch(train)
+            train_loss, train_accuracy = self.train_epoch(train, epoch=epoch)
             self.scheduler.step()
             result = None
             if val is not None and len(val):
@@ -222,6 +267,8 @@ class Trainer:
                     val_accuracy=None if result is None else result.accuracy,
                     lr=lr,
                     seconds=time.perf_counter() - start,
+                    corrected=self.correction.changed(self.labels, train.labels),
+                    temperature=self.reweighting.temperature_at(epoch),
                 )
             )
         if best is None:
