@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -31,6 +32,7 @@ from finetune.errors import ConfigError
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
+PROGRESS_AFTER = 1.0  # seconds of decoding before progress is shown on stderr
 
 
 def load_folder(cfg: DataConfig, *, cache_dir: Path, workers: int | None = None) -> TaskData:
@@ -82,6 +84,44 @@ def load_folder(cfg: DataConfig, *, cache_dir: Path, workers: int | None = None)
     return _load_fraction_split(cfg, root, cache_dir=cache_dir, workers=n_workers)
 
 
+def read_image_folder(
+    root: str, cfg: DataConfig, *, cache_dir: Path, key: str, workers: int | None = None
+) -> tuple[torch.Tensor, str]:
+    """Every image under ``root``, whatever the layout, decoded as the task's images are.
+
+    Class subfolders, ``train/ val/ test/`` or a flat folder: images are found recursively
+    by extension (hidden files and folders skipped), in sorted order, and labels are not
+    read. Decoding (``cfg.image_size``, ``cfg.resize``) and its on-disk cache are those of
+    :func:`load_folder`.
+
+    Args:
+        root: the folder.
+        cfg: the data config (for the decoding settings).
+        cache_dir: where decoded images are cached.
+        key: the recipe key that named ``root``, for messages (``penalty.fisher_data``).
+        workers: decoding threads; default ``min(8, cpu count)``.
+
+    Returns:
+        uint8 ``[N, 3, S, S]`` images and a sha256 hex digest of the file list (with sizes
+        and mtimes) and the decoding settings.
+
+    Raises:
+        ConfigError: (kind ``data``) ``root`` is missing, not a folder, or holds no image.
+    """
+    path = Path(root).expanduser().resolve()
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise ConfigError(f"{key} {path} {what}", kind="data")
+    files = [p.relative_to(path) for p in _images_under(path)]
+    if not files:
+        raise ConfigError(
+            f"{key} {path} holds no images ({' '.join(IMG_EXTENSIONS)})", kind="data"
+        )
+    return _decoded(
+        path, files, cfg, cache_dir=cache_dir, workers=workers or min(8, os.cpu_count() or 1)
+    )
+
+
 def _load_split_folders(cfg: DataConfig, root: Path, *, cache_dir: Path, workers: int) -> TaskData:
     trees = {s: _scan(root, root / s) for s in SPLITS}
     names = {s: set(trees[s][0]) for s in SPLITS}
@@ -118,21 +158,23 @@ def _load_fraction_split(
     cfg: DataConfig, root: Path, *, cache_dir: Path, workers: int
 ) -> TaskData:
     classes, files, labels = _scan(root, root)
-    images, key = _decoded(root, files, cfg, cache_dir=cache_dir, workers=workers)
-    label_tensor = torch.tensor(labels, dtype=torch.int64)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    parts: dict[str, list[torch.Tensor]] = {s: [] for s in SPLITS}
-    for c, name in enumerate(classes):
-        members = torch.nonzero(label_tensor == c).flatten()
-        n = members.numel()
-        n_test = _count(cfg.test_fraction, n)
-        n_val = _count(cfg.val_fraction, n)
-        if n - n_test - n_val < 1:
+    for c, name in enumerate(classes):  # before decoding anything
+        n = labels.count(c)
+        if n - _count(cfg.test_fraction, n) - _count(cfg.val_fraction, n) < 1:
             raise ConfigError(
                 f"data.root {root}: class {name!r} has only {n} images, too few for "
                 f"data.val_fraction={cfg.val_fraction} and data.test_fraction={cfg.test_fraction}",
                 kind="data",
             )
+    images, key = _decoded(root, files, cfg, cache_dir=cache_dir, workers=workers)
+    label_tensor = torch.tensor(labels, dtype=torch.int64)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    parts: dict[str, list[torch.Tensor]] = {s: [] for s in SPLITS}
+    for c in range(len(classes)):
+        members = torch.nonzero(label_tensor == c).flatten()
+        n = members.numel()
+        n_test = _count(cfg.test_fraction, n)
+        n_val = _count(cfg.val_fraction, n)
         shuffled = members[torch.randperm(n, generator=generator)]
         parts["test"].append(shuffled[:n_test].sort().values)
         parts["val"].append(shuffled[n_test : n_test + n_val].sort().values)
@@ -226,26 +268,35 @@ def _decoded(
     if cached is not None:
         return cached, key
     start = time.perf_counter()
-    print(
-        f"decoding {len(files)} images under {root} at {cfg.image_size} px ...",
-        file=sys.stderr,
-        flush=True,
-    )
     images = torch.empty(shape, dtype=torch.uint8)
     resize = cfg.resize or cfg.image_size
 
     def work(i: int) -> None:
         images[i] = _decode_image(root / files[i], resize=resize, size=cfg.image_size)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(work, range(len(files))))
-    _write_cache(path, images)
-    print(
-        f"decoded {len(files)} images in {time.perf_counter() - start:.1f} s; cached in {path}",
-        file=sys.stderr,
-        flush=True,
+    # Progress only for a decode that takes a while: a quick one, and above all one that
+    # fails on a bad image, leaves stderr to the one line that names the problem.
+    announce = threading.Timer(
+        PROGRESS_AFTER,
+        _log,
+        args=(f"decoding {len(files)} images under {root} at {cfg.image_size} px ...",),
     )
+    announce.daemon = True
+    announce.start()
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(work, range(len(files))))
+    finally:
+        announce.cancel()
+    _write_cache(path, images)
+    seconds = time.perf_counter() - start
+    if seconds >= PROGRESS_AFTER:
+        _log(f"decoded {len(files)} images in {seconds:.1f} s; cached in {path}")
     return images, key
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _decode_image(path: Path, *, resize: int, size: int) -> torch.Tensor:

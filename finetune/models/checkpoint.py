@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
 import pickle
+import re
 from typing import Any
 
 import torch
@@ -48,15 +49,21 @@ def read_state_dict(path: str | PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        refused = _refused_global(exc)
+        if refused is None:  # not a pickle at all: junk whose first byte is an opcode
+            raise ConfigError(
+                f"checkpoint {path} is not a file torch.load can read ({_reason(exc)})",
+                kind="checkpoint",
+            ) from exc
         raise ConfigError(
             f"checkpoint {path} cannot be loaded with weights_only=True: it holds Python "
-            "objects, not only tensors; save model.state_dict() instead",
+            f"objects{refused}, not only tensors; save model.state_dict() instead",
             kind="checkpoint",
         ) from exc
     except Exception as exc:  # torch.load raises KeyError, EOFError, RuntimeError on junk
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise ConfigError(
-            f"checkpoint {path} is not a file torch.load can read ({reason})", kind="checkpoint"
+            f"checkpoint {path} is not a file torch.load can read ({_reason(exc)})",
+            kind="checkpoint",
         ) from exc
     state = _find_state_dict(content)
     if state is None:
@@ -68,6 +75,32 @@ def read_state_dict(path: str | PathLike[str]) -> dict[str, torch.Tensor]:
     if all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
         return {k.removeprefix(DATA_PARALLEL_PREFIX): v for k, v in state.items()}
     return dict(state)
+
+
+def _refused_global(error: pickle.UnpicklingError) -> str | None:
+    """`` (mod.Class)`` when ``weights_only`` refused a Python object, else ``None``.
+
+    torch wraps the unpickler's own error (``Unsupported global: GLOBAL mod.Class ...`` for an
+    object, ``Unsupported operand 119`` for bytes that are no pickle) in a long message.
+    """
+    text = str(_unwrapped(error))
+    if "global" not in text.lower():
+        return None
+    named = re.search(r"GLOBAL (\S+)", text)
+    return f" ({named.group(1)})" if named else ""
+
+
+def _unwrapped(error: BaseException) -> BaseException:
+    inner = error.__context__
+    wrapped = isinstance(error, pickle.UnpicklingError)
+    return inner if wrapped and isinstance(inner, pickle.UnpicklingError) else error
+
+
+def _reason(error: BaseException) -> str:
+    """The error in one line; for torch's wrapped unpickling error, the unpickler's own."""
+    shown = _unwrapped(error)
+    text = " ".join(str(shown).split())
+    return f"{type(shown).__name__}: {text}" if text else type(shown).__name__
 
 
 def load_backbone(

@@ -25,7 +25,8 @@ from tests.finetune.conftest import perturb_
 from tests.finetune.conftest import tiny_net
 
 
-PENALTIES = [name for name in list_penalties() if name != "delta"]
+# DELTA, BSS and L2-SP-Fisher need a forward pass or a source task: they have their own files.
+PENALTIES = [n for n in list_penalties() if n not in ("delta", "bss", "l2-sp-fisher")]
 ALPHA = 0.3
 BETA = 0.07
 INPUTS = torch.zeros(2, 3, 8, 8)
@@ -87,10 +88,13 @@ def _by_hand(
     head = now["fc.weight"]
     if include == "all":
         tensors = matrices + bn + ln + other
-    elif name == "l2-sp":
+    elif name in ("l2-sp", "l1-sp"):
         tensors = matrices
     else:
         tensors = matrices + bn + ln
+    if name == "l1-sp":  # wd_mode 4: L1 on the pretrained weights, L2 on the head
+        pretrained = sum(float(diff[k].abs().sum()) for k in tensors)
+        return ALPHA * pretrained + beta / 2 * float(head.square().sum())
     if name in ("l2-sp", "frob-sp"):
         pretrained = sum(float(diff[k].square().sum()) for k in tensors)
         total = ALPHA * pretrained + beta * float(head.square().sum())
@@ -110,7 +114,7 @@ def _by_hand(
 
 @pytest.mark.parametrize("name", PENALTIES)
 def test_registry_lists_the_penalties(name: str) -> None:
-    assert {"none", "l2-sp", "frob-sp", "mars-sp"} <= set(PENALTIES)
+    assert {"none", "l2-sp", "l1-sp", "frob-sp", "mars-sp"} <= set(PENALTIES)
     assert name in list_penalties()
 
 
@@ -187,7 +191,7 @@ def test_include_selects_the_parameter_set(name: str, tmp_path: Path) -> None:
             counted = (
                 include == "all"
                 or case == "conv weight"
-                or (case.endswith("gamma") and name != "l2-sp")
+                or (case.endswith("gamma") and name not in ("l2-sp", "l1-sp"))
             )
             assert (value > 0) == counted, (case, include, value)
 
