@@ -8,6 +8,7 @@ options.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 import sys
 
@@ -27,6 +28,13 @@ def _spec_arguments(parser: argparse.ArgumentParser) -> None:
     add_set_argument(parser, what="spec", example="budget.n_trials=4")
     parser.add_argument(
         "--methods", nargs="+", default=None, metavar="METHOD", help="only these methods"
+    )
+    parser.add_argument(
+        "--conditions",
+        nargs="+",
+        default=None,
+        metavar="CONDITION",
+        help="only these conditions of a spec with conditions: (e.g. noise rates)",
     )
 
 
@@ -49,20 +57,41 @@ def _device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="default: $TETHER_CACHE_DIR")
 
 
-def _open(args: argparse.Namespace) -> tuple[StudySpec, optuna.storages.BaseStorage]:
-    from search.spec import load_spec
+def _open(args: argparse.Namespace) -> tuple[list[StudySpec], optuna.storages.BaseStorage]:
+    """The spec's conditions (one spec if it has none) that ``--conditions`` selects, and the
+    storage."""
+    from search.spec import load_specs
 
-    spec = load_spec(args.spec, args.overrides)
+    specs = _conditions(load_specs(args.spec, args.overrides), args)
+    _methods(specs[0], args)  # a bad --methods fails before the storage is opened
     url = resolve_url(args.storage)
     storage = open_storage(url)
     print(f"storage: {mask_url(url)}", file=sys.stderr)
-    return spec, storage
+    return specs, storage
+
+
+def _conditions(specs: list[StudySpec], args: argparse.Namespace) -> list[StudySpec]:
+    from finetune.errors import ConfigError
+
+    if args.conditions is None:
+        return specs
+    known = [s.condition for s in specs if s.condition is not None]
+    if not known:
+        raise ConfigError(f"--conditions given, but study spec {args.spec} has no conditions")
+    unknown = [c for c in args.conditions if c not in known]
+    if unknown:
+        raise ConfigError(
+            f"--conditions names {unknown[0]!r}, which the spec does not have; "
+            f"it has {', '.join(known)}"
+        )
+    return [s for s in specs if s.condition in args.conditions]
 
 
 def _methods(spec: StudySpec, args: argparse.Namespace) -> list[str] | None:
+    """The methods ``--methods`` selects (every condition of a spec has the same methods)."""
     from finetune.errors import ConfigError
 
-    if args.methods is None:
+    if getattr(args, "methods", None) is None:
         return None
     known = list(spec.methods)
     unknown = [m for m in args.methods if m not in known]
@@ -79,37 +108,20 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
     from search.driver import create_studies
     from search.driver import model_groups
     from search.driver import parse_devices
+    from search.evaluate import evaluate
     from search.launcher import Launcher
 
-    spec, storage = _open(args)
-    methods = _methods(spec, args)
+    specs, storage = _open(args)
+    methods = _methods(specs[0], args)
     slots = parse_devices(args.devices, args.trials_per_device)
-    groups = model_groups(spec)
-    if create:
-        create_studies(spec, storage, methods=methods, groups=groups)
+    groups = {spec.name: model_groups(spec) for spec in specs}
+    if create:  # every condition first, so that workers elsewhere can join any of them
+        for spec in specs:
+            create_studies(spec, storage, methods=methods, groups=groups[spec.name])
     cache_dir = None if args.cache_dir is None else Path(args.cache_dir)
     with Launcher(mode=args.launcher) as launcher:
-        search = Search(
-            spec,
-            storage=storage,
-            launcher=launcher,
-            slots=slots,
-            log_dir=Path(args.log_dir),
-            cache_dir=cache_dir,
-            methods=methods,
-            worker=0 if create else None,
-            groups=groups,
-        )
-        print(
-            f"searching {', '.join(s.method for s in search.states)} on "
-            f"{len(slots)} slot(s): {', '.join(s.name for s in slots)}",
-            file=sys.stderr,
-        )
-        search.run()
-        if create and not args.no_evaluate:
-            from search.evaluate import evaluate
-
-            evaluate(
+        for spec in specs:
+            search = Search(
                 spec,
                 storage=storage,
                 launcher=launcher,
@@ -117,27 +129,51 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
                 log_dir=Path(args.log_dir),
                 cache_dir=cache_dir,
                 methods=methods,
+                worker=0 if create else None,
+                groups=groups[spec.name],
             )
+            print(
+                f"[{spec.name}] searching {', '.join(s.method for s in search.states)} on "
+                f"{len(slots)} slot(s): {', '.join(s.name for s in slots)}",
+                file=sys.stderr,
+            )
+            search.run()
+        if create and not args.no_evaluate:
+            for spec in specs:
+                evaluate(
+                    spec,
+                    storage=storage,
+                    launcher=launcher,
+                    slots=slots,
+                    log_dir=Path(args.log_dir),
+                    cache_dir=cache_dir,
+                    methods=methods,
+                )
     if create:
-        _print_table(spec, storage, "text")
+        _print_table(specs, storage, "text")
         if not args.no_report:
-            path = _write_report(spec, storage, args.report)
+            path = _write_report(specs, storage, args.report)
             print(f"report: {path}")
     return 0
 
 
-def _print_table(spec: StudySpec, storage: optuna.storages.BaseStorage, fmt: str) -> None:
+def _print_table(
+    specs: Sequence[StudySpec], storage: optuna.storages.BaseStorage, fmt: str
+) -> None:
     from search.compare import FORMATS
     from search.compare import collect
 
-    print(FORMATS[fmt](collect(spec, storage)))
+    print(FORMATS[fmt](collect(specs, storage)))
 
 
-def _write_report(spec: StudySpec, storage: optuna.storages.BaseStorage, path: str | None) -> Path:
+def _write_report(
+    specs: Sequence[StudySpec], storage: optuna.storages.BaseStorage, path: str | None
+) -> Path:
     from search.report import write_report
 
-    target = Path(path or f"{spec.name.replace('/', '_')}-report.html")
-    write_report(spec, storage, target)
+    name = specs[0].name if len(specs) == 1 else specs[0].family
+    target = Path(path or f"{name.replace('/', '_')}-report.html")
+    write_report(specs, storage, target)
     return target
 
 
@@ -199,20 +235,21 @@ class EvaluateCommand(Command):
         from search.evaluate import evaluate
         from search.launcher import Launcher
 
-        spec, storage = _open(args)
-        methods = _methods(spec, args)
+        specs, storage = _open(args)
+        methods = _methods(specs[0], args)
         slots = parse_devices(args.devices, args.trials_per_device)
         with Launcher(mode=args.launcher) as launcher:
-            evaluate(
-                spec,
-                storage=storage,
-                launcher=launcher,
-                slots=slots,
-                log_dir=Path(args.log_dir),
-                cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
-                methods=methods,
-            )
-        _print_table(spec, storage, "text")
+            for spec in specs:
+                evaluate(
+                    spec,
+                    storage=storage,
+                    launcher=launcher,
+                    slots=slots,
+                    log_dir=Path(args.log_dir),
+                    cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
+                    methods=methods,
+                )
+        _print_table(specs, storage, "text")
         return 0
 
 
@@ -228,8 +265,8 @@ class CompareCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        spec, storage = _open(args)
-        _print_table(spec, storage, args.format)
+        specs, storage = _open(args)
+        _print_table(specs, storage, args.format)
         return 0
 
 
@@ -243,8 +280,8 @@ class ReportCommand(Command):
         parser.add_argument("--output", "-o", default=None, help="default: <spec>-report.html")
 
     def run(self, args: argparse.Namespace) -> int:
-        spec, storage = _open(args)
-        print(_write_report(spec, storage, args.output))
+        specs, storage = _open(args)
+        print(_write_report(specs, storage, args.output))
         return 0
 
 
@@ -259,7 +296,7 @@ class StatusCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from optuna.trial import TrialState
 
-        spec, storage = _open(args)
+        specs, storage = _open(args)
         names = study_names(storage)
         states = (
             TrialState.COMPLETE,
@@ -268,11 +305,16 @@ class StatusCommand(Command):
             TrialState.RUNNING,
             TrialState.WAITING,
         )
-        print(f"{'study':<32} " + " ".join(f"{s.name.lower():>9}" for s in states) + "  best val")
-        for method in spec.methods:
+        width = max(32, *(len(s.study_name(m)) for s in specs for m in s.methods))
+        print(
+            f"{'study':<{width}} "
+            + " ".join(f"{s.name.lower():>9}" for s in states)
+            + "  best val"
+        )
+        for spec, method in ((s, m) for s in specs for m in s.methods):
             name = spec.study_name(method)
             if name not in names:
-                print(f"{name:<32} (not created)")
+                print(f"{name:<{width}} (not created)")
                 continue
             study = optuna.load_study(study_name=name, storage=storage)
             trials = study.get_trials(deepcopy=False)
@@ -281,7 +323,7 @@ class StatusCommand(Command):
                 t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None
             ]
             best = f"{100 * max(values):.1f}%" if values else "-"
-            print(f"{name:<32} " + " ".join(f"{c:>9}" for c in counts) + f"  {best}")
+            print(f"{name:<{width}} " + " ".join(f"{c:>9}" for c in counts) + f"  {best}")
         return 0
 
 
@@ -296,8 +338,8 @@ class ReapCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from search.tickets import reap
 
-        spec, storage = _open(args)
-        for method in spec.methods:
+        specs, storage = _open(args)
+        for spec, method in ((s, m) for s in specs for m in s.methods):
             study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
             print(f"{study.study_name}: {reap(study)} stale trial(s) failed")
         return 0

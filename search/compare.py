@@ -2,7 +2,9 @@
 
 One row per method: trials (complete / pruned / failed), the best validation accuracy of the
 search, the test accuracy of the evaluation (mean +- std over seeds) and the compute spent
-(search + evaluation), as text, markdown, CSV or JSON.
+(search + evaluation), as text, markdown, CSV or JSON. A spec with ``conditions:`` (label-noise
+rates, say) gives one row per condition and method, and where self label-correction ran, the
+share of the corrupted training labels it put right (mean over the evaluation seeds).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from search.storage import study_names
 
 @dataclass(frozen=True)
 class Row:
+    condition: str | None
     method: str
     complete: int
     pruned: int
@@ -35,12 +38,22 @@ class Row:
     seeds: int
     hours: float
     device: str
+    recovered: float | None
     best_params: dict[str, object]
 
 
-def collect(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[Row]:
-    """One row per method of ``spec`` that has a study in ``storage``."""
+def collect(
+    specs: StudySpec | Sequence[StudySpec], storage: optuna.storages.BaseStorage
+) -> list[Row]:
+    """One row per condition and method of ``specs`` that has a study in ``storage``."""
     names = study_names(storage)
+    rows = []
+    for spec in [specs] if isinstance(specs, StudySpec) else specs:
+        rows += _rows(spec, storage, names)
+    return rows
+
+
+def _rows(spec: StudySpec, storage: optuna.storages.BaseStorage, names: set[str]) -> list[Row]:
     rows = []
     for method in spec.methods:
         name = spec.study_name(method)
@@ -56,6 +69,7 @@ def collect(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[Row]:
         devices = {str(t.user_attrs.get("device")) for t in trials if "device" in t.user_attrs}
         rows.append(
             Row(
+                condition=spec.condition,
                 method=method,
                 complete=len(complete),
                 pruned=sum(t.state == TrialState.PRUNED for t in trials),
@@ -66,6 +80,7 @@ def collect(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[Row]:
                 seeds=sum(v is not None for v in evaluation.get("test_accuracy", [])),
                 hours=seconds / 3600,
                 device="/".join(sorted(devices)) or "-",
+                recovered=evaluation.get("recovered_mean"),
                 best_params={} if best is None else dict(best.params),
             )
         )
@@ -82,32 +97,41 @@ def _test(row: Row) -> str:
     return f"{100 * row.test_mean:.1f} +- {100 * (row.test_std or 0.0):.1f} (n={row.seeds})"
 
 
-_HEADER = (
-    "method",
-    "trials (ok/pruned/failed)",
-    "best val %",
-    "test % mean +- std",
-    "hours",
-    "device",
-)
+def _columns(rows: Sequence[Row]) -> list[tuple[str, Callable[[Row], str]]]:
+    """The table's columns: ``condition`` and ``recovered`` only where some row has one."""
+    columns: list[tuple[str, Callable[[Row], str]]] = []
+    if any(r.condition for r in rows):
+        columns.append(("condition", lambda r: r.condition or "-"))
+    columns += [
+        ("method", lambda r: r.method),
+        ("trials (ok/pruned/failed)", lambda r: f"{r.complete}/{r.pruned}/{r.failed}"),
+        ("best val %", lambda r: _pct(r.best_val)),
+        ("test % mean +- std", _test),
+    ]
+    if any(r.recovered is not None for r in rows):
+        columns.append(("noisy labels recovered %", lambda r: _pct(r.recovered)))
+    columns += [("hours", lambda r: f"{r.hours:.3f}"), ("device", lambda r: r.device)]
+    return columns
 
 
-def _cells(row: Row) -> tuple[str, ...]:
-    trials = f"{row.complete}/{row.pruned}/{row.failed}"
-    return (row.method, trials, _pct(row.best_val), _test(row), f"{row.hours:.3f}", row.device)
+def _table(rows: Sequence[Row]) -> list[tuple[str, ...]]:
+    columns = _columns(rows)
+    header = tuple(name for name, _ in columns)
+    return [header, *(tuple(cell(r) for _, cell in columns) for r in rows)]
 
 
 def as_text(rows: Sequence[Row]) -> str:
-    table = [_HEADER, *(_cells(r) for r in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(_HEADER))]
+    table = _table(rows)
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table
     )
 
 
 def as_markdown(rows: Sequence[Row]) -> str:
-    lines = ["| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
-    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    header, *body = _table(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(line) + " |" for line in body]
     return "\n".join(lines)
 
 

@@ -34,10 +34,14 @@ EVALUATION_ATTR = "tether:evaluation"
 
 @dataclass(frozen=True)
 class SeedRun:
+    """One evaluation run; ``recovered`` is the share of corrupted labels that self
+    label-correction put right (``None`` without correction or without injected noise)."""
+
     seed: int
     test_accuracy: float | None
     seconds: float
     error: str | None = None
+    recovered: float | None = None
 
 
 def best_recipe(study: optuna.Study) -> tuple[int, dict[str, Any]] | None:
@@ -83,7 +87,14 @@ def _run_one(
         seconds = time.monotonic() - started
         if result is None or code != 0:
             return SeedRun(seed, None, seconds, error or f"worker exited with code {code}")
-        return SeedRun(seed, float(result["test_accuracy"]), seconds)
+        relabel = result.get("relabel") or {}
+        recovered = relabel.get("recovered")
+        return SeedRun(
+            seed,
+            float(result["test_accuracy"]),
+            seconds,
+            recovered=None if recovered is None else float(recovered),
+        )
     finally:
         slots.put(slot)
 
@@ -134,6 +145,7 @@ def evaluate(
             runs = [f.result() for f in futures]
         scores = [r.test_accuracy for r in runs if r.test_accuracy is not None]
         mean = statistics.mean(scores) if scores else None
+        recovered = [r.recovered for r in runs if r.recovered is not None]
         summary: dict[str, Any] = {
             "best_trial": number,
             "recipe": recipe,
@@ -141,6 +153,8 @@ def evaluate(
             "seeds": [r.seed for r in runs],
             "test_accuracy": [r.test_accuracy for r in runs],
             "errors": [r.error for r in runs if r.error],
+            "recovered": [r.recovered for r in runs],
+            "recovered_mean": statistics.mean(recovered) if recovered else None,
             "mean": mean,
             "std": statistics.stdev(scores) if len(scores) > 1 else 0.0 if scores else None,
             "seconds": sum(r.seconds for r in runs),

@@ -11,8 +11,12 @@ parameter has one stable Optuna name and one place in the recipe::
     scale          constraint.scale          constraint methods, groups: geometric
     head_radius    constraint.head_radius    constraint methods
     norm           constraint.norm           pgm (categorical over mars, frob)
-    alpha          penalty.alpha             penalty methods (the pretrained layers)
-    beta           penalty.beta              penalty methods (the new head)
+    alpha          penalty.alpha             penalty methods (the pretrained layers; BSS: eta)
+    beta           penalty.beta              penalty methods (the new head; not BSS)
+    correct_epoch  train.correct_epoch       rsl (integer: the epoch label correction starts)
+    correct_threshold  train.correct_threshold   rsl (relabel above this confidence)
+    reweight_epoch train.reweight_epoch      rsl (integer: the epoch reweighting starts)
+    reweight_temperature  train.reweight_temperature  rsl (T0 of the weights' softmax)
 
 Constraint methods also take three fixed (not searched) options: ``groups`` (how the pretrained
 groups share radii: ``shared`` = one radius for all, as in the MARS-PGM paper; ``independent``
@@ -23,7 +27,7 @@ A new method is one ``@register_method`` function here; nothing else changes.
 
 Example:
     >>> import optuna
-    >>> from search.spec import FloatRange, MethodSpace
+    >>> from search.space import FloatRange, MethodSpace
     >>> space = MethodSpace(
     ...     method="mars-pgm",
     ...     params={"radius": FloatRange(0.01, 2.0), "head_radius": FloatRange(0.5, 30.0)},
@@ -50,7 +54,7 @@ from finetune.errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
-    from search.spec import MethodSpace
+    from search.space import MethodSpace
 
 
 Patch = dict[str, Any]
@@ -66,8 +70,15 @@ PARAM_PATHS: dict[str, tuple[str, str]] = {
     "norm": ("constraint", "norm"),
     "alpha": ("penalty", "alpha"),
     "beta": ("penalty", "beta"),
+    "correct_epoch": ("train", "correct_epoch"),
+    "correct_threshold": ("train", "correct_threshold"),
+    "reweight_epoch": ("train", "reweight_epoch"),
+    "reweight_temperature": ("train", "reweight_temperature"),
 }
 """Where each search parameter lands in the recipe (``radius.<group>``: under ``radius``)."""
+
+INT_PARAMS = frozenset({"correct_epoch", "reweight_epoch"})
+"""Parameters that are integers (a range of them is sampled with ``suggest_int``)."""
 
 GROUP_PREFIX = "radius."
 CONSTRAINT_OPTIONS = ("groups", "relative", "mode")
@@ -159,6 +170,11 @@ _CONSTRAINT_PARAMS = ("radius", "scale", "head_radius", "lr")
 _PENALTY_PARAMS = ("alpha", "beta", "lr")
 
 
+_RSL_PARAMS = ("correct_epoch", "correct_threshold", "reweight_epoch", "reweight_temperature")
+_NO_RELABELLING: Patch = {"correct_epoch": 0, "reweight_epoch": 0}
+"""Every method but ``rsl`` trains on the given labels, whatever the base recipe says."""
+
+
 def _constraint(name: str, description: str, norm: str | None) -> Method:
     fixed: Patch = {} if norm is None else {"norm": norm}
     params = _CONSTRAINT_PARAMS if norm is not None else ("norm", *_CONSTRAINT_PARAMS)
@@ -166,20 +182,28 @@ def _constraint(name: str, description: str, norm: str | None) -> Method:
     return Method(
         name,
         description,
-        patch={"constraint": fixed, "penalty": {"name": "none"}},
+        patch={
+            "constraint": fixed,
+            "penalty": {"name": "none"},
+            "train": dict(_NO_RELABELLING),
+        },
         params=params,
         required=required,
         options=CONSTRAINT_OPTIONS,
     )
 
 
-def _penalty(name: str, description: str) -> Method:
+def _penalty(name: str, description: str, params: tuple[str, ...] = _PENALTY_PARAMS) -> Method:
     return Method(
         name,
         description,
-        patch={"constraint": dict(_UNCONSTRAINED), "penalty": {"name": name}},
-        params=_PENALTY_PARAMS,
-        required=("alpha", "beta"),
+        patch={
+            "constraint": dict(_UNCONSTRAINED),
+            "penalty": {"name": name},
+            "train": dict(_NO_RELABELLING),
+        },
+        params=params,
+        required=tuple(p for p in ("alpha", "beta") if p in params),
     )
 
 
@@ -189,7 +213,11 @@ def _standard() -> Method:
     return Method(
         "standard",
         "standard fine-tuning: no constraint, no penalty",
-        patch={"constraint": dict(_UNCONSTRAINED), "penalty": {"name": "none"}},
+        patch={
+            "constraint": dict(_UNCONSTRAINED),
+            "penalty": {"name": "none"},
+            "train": dict(_NO_RELABELLING),
+        },
         params=("lr",),
     )
 
@@ -234,6 +262,54 @@ def _frob_sp() -> Method:
 def _delta() -> Method:
     """DELTA (Li et al., ICLR 2019): attention-weighted feature-map distance."""
     return _penalty("delta", "attention-weighted feature-map distance to the pretrained network")
+
+
+@register_method
+def _l1_sp() -> Method:
+    """L1-SP (Li, Grandvalet, Davoine, ICML 2018, the authors' wd_mode 4)."""
+    return _penalty("l1-sp", "l1 distance to the pretrained weights as a penalty")
+
+
+@register_method
+def _l2_sp_fisher() -> Method:
+    """L2-SP-Fisher: L2-SP weighted by the source task's diagonal Fisher information."""
+    return _penalty(
+        "l2-sp-fisher", "L2-SP weighted by the pretrained network's Fisher information"
+    )
+
+
+@register_method
+def _bss() -> Method:
+    """Batch Spectral Shrinkage (Chen et al., NeurIPS 2019): ``alpha`` is its trade-off eta."""
+    return _penalty(
+        "bss", "shrinks the smallest singular values of the batch features", ("alpha", "lr")
+    )
+
+
+@register_method
+def _rsl() -> Method:
+    """RSL (Li & Zhang, NeurIPS 2021): layer-wise Frobenius radii, label correction, reweighting.
+
+    The patch holds the paper's ResNet-18 noisy-label settings (reweighting from epoch 5 at
+    temperature 2, correction from epoch 10 above 0.9); a spec searches any of the four.
+    """
+    base = _constraint("rsl", "", "frob")
+    return Method(
+        "rsl",
+        "Frobenius radii + self label-correction + sample reweighting (NeurIPS 2021)",
+        patch={
+            **base.patch,
+            "train": {
+                "correct_epoch": 10,
+                "correct_threshold": 0.9,
+                "reweight_epoch": 5,
+                "reweight_temperature": 2.0,
+            },
+        },
+        params=(*base.params, *_RSL_PARAMS),
+        required=base.required,
+        options=base.options,
+    )
 
 
 def deep_merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import html
 from pathlib import Path
 
@@ -129,8 +130,32 @@ def _importance(studies: dict[str, optuna.Study]) -> go.Figure | None:
     return figure
 
 
-def write_report(spec: StudySpec, storage: optuna.storages.BaseStorage, path: Path) -> Path:
-    """Write the report to ``path`` (plotly.js inlined once: the file opens offline)."""
+def _by_condition(specs: Sequence[StudySpec], storage: optuna.storages.BaseStorage) -> go.Figure:
+    """Each method's test accuracy across the conditions of a spec (e.g. noise rates)."""
+    figure = go.Figure()
+    by_method: dict[str, list[tuple[str, float, float]]] = {}
+    for spec in specs:
+        for row in collect(spec, storage):
+            if row.test_mean is not None:
+                point = (spec.condition or spec.name, row.test_mean, row.test_std or 0.0)
+                by_method.setdefault(row.method, []).append(point)
+    for method, points in by_method.items():
+        figure.add_scatter(
+            x=[p[0] for p in points],
+            y=[100 * p[1] for p in points],
+            error_y={"type": "data", "array": [100 * p[2] for p in points]},
+            mode="lines+markers",
+            name=method,
+        )
+    figure.update_layout(
+        title="Test accuracy per condition (mean +- std over seeds)",
+        xaxis_title="condition",
+        yaxis_title="test accuracy (%)",
+    )
+    return figure
+
+
+def _figures(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[go.Figure]:
     studies = _studies(spec, storage)
     figures = [
         _comparison(spec, storage),
@@ -141,12 +166,35 @@ def write_report(spec: StudySpec, storage: optuna.storages.BaseStorage, path: Pa
     importance = _importance(studies)
     if importance is not None:
         figures.append(importance)
-    parts = [
-        figure.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False)
-        for i, figure in enumerate(figures)
-    ]
-    title = html.escape(f"Tether: {spec.name}")
-    body = "\n".join(f"<section>{part}</section>" for part in parts)
+    return figures
+
+
+def write_report(
+    specs: StudySpec | Sequence[StudySpec], storage: optuna.storages.BaseStorage, path: Path
+) -> Path:
+    """Write the report to ``path`` (plotly.js inlined once: the file opens offline).
+
+    Several specs (the conditions of one spec file) get one section each, after a figure
+    that follows every method across the conditions.
+    """
+    specs = [specs] if isinstance(specs, StudySpec) else list(specs)
+    sections: list[tuple[str, list[go.Figure]]] = []
+    if len(specs) > 1:
+        sections.append(("All conditions", [_by_condition(specs, storage)]))
+    sections += [(spec.name, _figures(spec, storage)) for spec in specs]
+    parts = []
+    first = True
+    for heading, figures in sections:
+        html_parts = []
+        for figure in figures:
+            html_parts.append(
+                figure.to_html(full_html=False, include_plotlyjs="inline" if first else False)
+            )
+            first = False
+        block = "\n".join(f"<section>{part}</section>" for part in html_parts)
+        parts.append(f"<h2>{html.escape(heading)}</h2>\n{block}" if len(specs) > 1 else block)
+    title = html.escape(f"Tether: {specs[0].name if len(specs) == 1 else specs[0].family}")
+    body = "\n".join(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"

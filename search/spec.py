@@ -5,6 +5,8 @@ methods to compare (:mod:`search.methods`) with each one's search space and know
 to try first, the budget per method, the sampler and pruner, and the final evaluation::
 
     name: digits                        # studies are named "<name>/<method>"
+    conditions:                         # optional: variants of the whole search, each
+      noise20: {set: {data.noise_rate: 0.2}}   # its own spec "digits.noise20"
     recipe: ../configs/digits.yaml
     set: {train.epochs: 60}             # dotted or nested keys, merged into the recipe
     budget: {n_trials: 12, timeout: null, trial_timeout: 600}
@@ -20,7 +22,8 @@ to try first, the budget per method, the sampler and pruner, and the final evalu
         enqueue: [{radius: 0.1, head_radius: 3.0}]
     evaluation: {n_seeds: 5, refit: false}
 
-A parameter is a range ``{low, high, log}`` (``log`` defaults to true) or a list of choices.
+A parameter is a range ``{low, high, log}`` (``log`` defaults to true; the integer parameters,
+epochs, default to false) or a list of choices.
 With ``groups: independent`` the ``radius`` range applies to every layer group and
 ``radius.<group>`` may override it for one group; an enqueued point may give ``radius`` for
 every group at once. Everything is checked when the spec loads, and every error names the
@@ -32,11 +35,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from dataclasses import field
 import hashlib
 import json
-import math
 import os
 import re
 from typing import Any
@@ -52,6 +55,7 @@ from finetune.errors import ConfigError
 from finetune.recipe import recipe_from_dict
 from search.methods import CONSTRAINT_OPTIONS
 from search.methods import GROUP_PREFIX
+from search.methods import INT_PARAMS
 from search.methods import NORMS
 from search.methods import GroupMode
 from search.methods import deep_merge
@@ -60,6 +64,12 @@ from search.methods import get_method
 from search.methods import suggest
 from search.samplers import PrunerConfig
 from search.samplers import SamplerConfig
+from search.space import Choice
+from search.space import FloatRange
+from search.space import IntRange
+from search.space import MethodSpace
+from search.space import Param
+from search.space import json_safe
 
 
 __all__ = [
@@ -67,153 +77,17 @@ __all__ = [
     "Choice",
     "EvaluationConfig",
     "FloatRange",
+    "IntRange",
     "MethodSpace",
     "Param",
     "StudySpec",
     "load_spec",
+    "load_specs",
     "spec_from_dict",
 ]
 
-ChoiceValue = str | int | float | bool | None
 _RANGE_KEYS = {"low", "high", "log"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-@dataclass(frozen=True)
-class FloatRange:
-    """A float parameter between ``low`` and ``high``, log-uniform unless ``log`` is false."""
-
-    low: float
-    high: float
-    log: bool = True
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ConfigError(f"low and high must be finite, got {self.low!r}, {self.high!r}")
-        if not self.low < self.high:
-            raise ConfigError(f"low must be < high, got low={self.low!r}, high={self.high!r}")
-        if self.log and not self.low > 0:
-            raise ConfigError(
-                f"low must be > 0 on a log scale (or set log: false), got {self.low!r}"
-            )
-
-    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> float:
-        """Sample the value of parameter ``name`` for ``trial``."""
-        return trial.suggest_float(name, self.low, self.high, log=self.log)
-
-    def contains(self, value: object) -> bool:
-        """Whether ``value`` is a number inside the range."""
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        return number and self.low <= value <= self.high  # type: ignore[operator]
-
-    def ends(self) -> tuple[float, float]:
-        """The two extreme values (probed when the spec loads)."""
-        return self.low, self.high
-
-    def describe(self) -> str:
-        """The range in words, for messages."""
-        return f"[{self.low!r}, {self.high!r}]{' (log)' if self.log else ''}"
-
-    def to_data(self) -> dict[str, Any]:
-        """The YAML form."""
-        return {"low": self.low, "high": self.high, "log": self.log}
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A categorical parameter: one of ``choices``."""
-
-    choices: tuple[ChoiceValue, ...]
-
-    def __post_init__(self) -> None:
-        if not self.choices:
-            raise ConfigError("a list of choices must not be empty")
-        for value in self.choices:
-            if value is not None and not isinstance(value, str | int | float | bool):
-                raise ConfigError(f"choices must be numbers or strings, got {value!r}")
-        if len(set(self.choices)) != len(self.choices):
-            raise ConfigError(f"choices must not repeat, got {list(self.choices)!r}")
-
-    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> ChoiceValue:
-        """Sample the value of parameter ``name`` for ``trial``."""
-        return trial.suggest_categorical(name, list(self.choices))
-
-    def contains(self, value: object) -> bool:
-        """Whether ``value`` is one of the choices."""
-        return value in self.choices
-
-    def ends(self) -> tuple[ChoiceValue, ChoiceValue]:
-        """The first and last choices (every choice is probed when the spec loads)."""
-        return self.choices[0], self.choices[-1]
-
-    def describe(self) -> str:
-        """The choices in words, for messages."""
-        return "one of " + ", ".join(repr(c) for c in self.choices)
-
-    def to_data(self) -> list[ChoiceValue]:
-        """The YAML form."""
-        return list(self.choices)
-
-
-Param = FloatRange | Choice
-
-
-@dataclass(frozen=True)
-class MethodSpace:
-    """One method's entry under ``methods:``: its search space, fixed options, first points.
-
-    Attributes:
-        method: the registered method name.
-        params: the searched parameters by stable name (``radius``, ``radius.layer1``, ...).
-        groups: how pretrained layer groups share radii (constraint methods).
-        relative: ``constraint.relative`` for the trials; ``None`` keeps the recipe's.
-        mode: ``constraint.mode`` for the trials; ``None`` keeps the recipe's.
-        enqueue: known-good points, tried before the sampler proposes any.
-    """
-
-    method: str
-    params: dict[str, Param] = field(default_factory=dict)
-    groups: GroupMode = "shared"
-    relative: bool | None = None
-    mode: Literal["rescale", "exact"] | None = None
-    enqueue: tuple[dict[str, Any], ...] = ()
-
-    def param_for(self, name: str) -> Param | None:
-        """The range of Optuna parameter ``name`` (``radius.<g>`` falls back on ``radius``)."""
-        if name in self.params:
-            return self.params[name]
-        if self.groups == "independent" and name.startswith(GROUP_PREFIX):
-            return self.params.get("radius")
-        return None
-
-    def trial_params(self, groups: Sequence[str]) -> dict[str, Param]:
-        """Every Optuna parameter a trial suggests, with its range, for a model's ``groups``."""
-        if self.groups != "independent":
-            return dict(self.params)
-        names = {
-            k: p
-            for k, p in self.params.items()
-            if k != "radius" and not k.startswith(GROUP_PREFIX)
-        }
-        for group in groups:
-            names[GROUP_PREFIX + group] = self.params.get(
-                GROUP_PREFIX + group, self.params["radius"]
-            )
-        return names
-
-    def to_data(self, *, enqueue: bool = True) -> dict[str, Any]:
-        """The YAML form (JSON-safe)."""
-        data: dict[str, Any] = {}
-        if get_method(self.method).constrained:
-            data["groups"] = self.groups
-        if self.relative is not None:
-            data["relative"] = self.relative
-        if self.mode is not None:
-            data["mode"] = self.mode
-        data.update({name: param.to_data() for name, param in self.params.items()})
-        if enqueue and self.enqueue:
-            data["enqueue"] = _json_safe(list(self.enqueue))
-        return data
 
 
 @dataclass(frozen=True)
@@ -258,17 +132,27 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class StudySpec:
-    """A validated study spec; build it with :func:`load_spec` or :func:`spec_from_dict`."""
+    """A validated study spec; build it with :func:`load_specs` or :func:`spec_from_dict`.
+
+    ``condition`` names the variant of a spec with ``conditions:`` (``name`` is then
+    ``<spec>.<condition>``).
+    """
 
     name: str
     recipe: str
     methods: dict[str, MethodSpace]
+    condition: str | None = None
     set: dict[str, Any] = field(default_factory=dict)
     budget: Budget = field(default_factory=Budget)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     resolved_recipe: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def family(self) -> str:
+        """The spec file's name: ``name`` without the condition."""
+        return self.name.removesuffix(f".{self.condition}") if self.condition else self.name
 
     def study_name(self, method: str) -> str:
         """The Optuna study of ``method``: ``"<name>/<method>"``."""
@@ -284,11 +168,16 @@ class StudySpec:
         return deep_merge({}, self.resolved_recipe)
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec as JSON-safe data, with the resolved base recipe (stored on each study)."""
+        """The spec as JSON-safe data, with the resolved base recipe (stored on each study).
+
+        A condition's spec adds ``condition``: its name.
+        """
+        condition = {} if self.condition is None else {"condition": self.condition}
         return {
             "name": self.name,
+            **condition,
             "recipe": self.recipe,
-            "set": _json_safe(self.set),
+            "set": json_safe(self.set),
             "budget": to_dict(self.budget),
             "sampler": to_dict(self.sampler),
             "pruner": to_dict(self.pruner),
@@ -308,7 +197,7 @@ class StudySpec:
             "space": self._space(method).to_data(enqueue=False),
             "recipe": self.resolved_recipe,
         }
-        text = json.dumps(_json_safe(payload), sort_keys=True, separators=(",", ":"))
+        text = json.dumps(json_safe(payload), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _space(self, method: str) -> MethodSpace:
@@ -321,10 +210,11 @@ class StudySpec:
 
 
 SPEC_KEYS = ("name", "recipe", "set", "budget", "sampler", "pruner", "methods", "evaluation")
+CONDITION_KEYS = ("set", "methods")
 
 
-def load_spec(path: str, overrides: Sequence[str] = ()) -> StudySpec:
-    """Read and validate a study spec file.
+def load_specs(path: str, overrides: Sequence[str] = ()) -> list[StudySpec]:
+    """Read and validate a study spec file: one spec, or one per entry of ``conditions:``.
 
     Args:
         path: ``studies/x.yaml``; its ``recipe`` is relative to the folder it is in.
@@ -344,7 +234,72 @@ def load_spec(path: str, overrides: Sequence[str] = ()) -> StudySpec:
         data["set"] = _expand(data["set"], "set")
     data = apply_overrides(data, overrides)
     stem = os.path.basename(path).rsplit(".", 1)[0]
-    return spec_from_dict(data, root=os.path.dirname(os.path.abspath(path)), default_name=stem)
+    root = os.path.dirname(os.path.abspath(path))
+    return specs_from_dict(data, root=root, default_name=stem)
+
+
+def load_spec(path: str, overrides: Sequence[str] = ()) -> StudySpec:
+    """Read and validate a study spec file that has no ``conditions:`` (see :func:`load_specs`)."""
+    specs = load_specs(path, overrides)
+    if len(specs) > 1:
+        names = ", ".join(s.condition or "" for s in specs)
+        raise ConfigError(f"study spec {path} has several conditions ({names}); load them all")
+    return specs[0]
+
+
+def specs_from_dict(
+    data: Mapping[str, Any], *, root: str = ".", default_name: str = ""
+) -> list[StudySpec]:
+    """Validate a spec mapping, expanding its ``conditions:`` into one spec each.
+
+    A condition is a variant of the whole search, e.g. a label-noise rate: its ``set`` is
+    merged into the spec's ``set`` and its ``methods`` into the spec's ``methods`` (to enqueue
+    the points published for that condition, say). Condition ``c`` of spec ``s`` is the spec
+    ``s.c``, whose studies are ``s.c/<method>``.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a study spec must be a mapping of keys, got {data!r}")
+    conditions = data.get("conditions")
+    base = {k: v for k, v in data.items() if k != "conditions"}
+    if "conditions" not in data:
+        return [spec_from_dict(base, root=root, default_name=default_name)]
+    if not isinstance(conditions, Mapping) or not conditions:
+        raise ConfigError(
+            f"conditions must map condition names to {{set, methods}}, got {conditions!r}"
+        )
+    if isinstance(base.get("set"), Mapping):
+        base["set"] = _expand(base["set"], "set")
+    specs = []
+    for name, body in conditions.items():
+        where = f"conditions.{name}"
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigError(
+                f"{where}: a condition name must be letters, digits, '.', '_' or '-', got {name!r}"
+            )
+        body = {} if body is None else body
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{where} must be a mapping with set and methods, got {body!r}")
+        unknown = [k for k in body if k not in CONDITION_KEYS]
+        if unknown:
+            raise ConfigError(
+                f"unknown key {where}.{unknown[0]}; a condition accepts "
+                f"{', '.join(CONDITION_KEYS)}"
+            )
+        methods = body.get("methods") or {}
+        if not isinstance(methods, Mapping):
+            raise ConfigError(f"{where}.methods must be a mapping, got {methods!r}")
+        extra = [m for m in methods if m not in (base.get("methods") or {})]
+        if extra:
+            raise ConfigError(
+                f"{where}.methods.{extra[0]}: the spec's methods have no {extra[0]!r}"
+            )
+        patch = {"set": _expand(body.get("set") or {}, f"{where}.set"), "methods": methods}
+        try:
+            spec = spec_from_dict(deep_merge(base, patch), root=root, default_name=default_name)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        specs.append(dataclasses.replace(spec, name=f"{spec.name}.{name}", condition=name))
+    return specs
 
 
 def spec_from_dict(
@@ -355,7 +310,8 @@ def spec_from_dict(
         raise ConfigError(f"a study spec must be a mapping of keys, got {data!r}")
     unknown = [k for k in data if k not in SPEC_KEYS]
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]}; a study spec accepts {', '.join(SPEC_KEYS)}")
+        accepted = ", ".join((*SPEC_KEYS, "conditions"))
+        raise ConfigError(f"unknown key {unknown[0]}; a study spec accepts {accepted}")
     name = data.get("name", default_name)
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ConfigError(
@@ -471,6 +427,8 @@ def _param(key: str, name: str, value: object) -> Param:
     try:
         if isinstance(value, list):
             return Choice(tuple(value))
+        if isinstance(value, Mapping) and name in INT_PARAMS:
+            return from_dict(IntRange, value, prefix=f"{key}.")
         if isinstance(value, Mapping):
             return from_dict(FloatRange, value, prefix=f"{key}.")
     except ConfigError as error:
@@ -526,13 +484,3 @@ def _probe_points(space: MethodSpace, groups: Sequence[str]) -> list[dict[str, A
     for point in space.enqueue:
         points.append({**low, **enqueue_params(space, point, groups=groups)})
     return points
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    return value

@@ -131,11 +131,74 @@ def test_compare_formats(
         assert rows[1]["seeds"] == 2
     elif fmt == "csv":
         lines = out.splitlines()
-        assert lines[0].startswith("method,complete,pruned,failed")
+        assert lines[0].startswith("condition,method,complete,pruned,failed")
         assert len(lines) == 3
     else:
         assert "mars-pgm" in out
         assert "+-" in out
+
+
+def test_conditions_search_each_noise_rate_and_compare_the_recovered_labels(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    rsl = {
+        "groups": "geometric",
+        "relative": True,
+        "radius": {"low": 0.05, "high": 1.0},
+        "scale": {"low": 1.0, "high": 2.0},
+        "head_radius": {"low": 1.0, "high": 10.0},
+        "correct_epoch": [2],
+        "correct_threshold": [0.3],
+        "reweight_epoch": [2],
+        "enqueue": [{"radius": 0.2, "scale": 1.0, "head_radius": 3.0}],
+    }
+    spec = _spec(
+        tmp_path,
+        "noisy",
+        methods={"standard": {}, "rsl": rsl},
+        conditions={
+            "n20": {"set": {"data.noise": "symmetric", "data.noise_rate": 0.2}},
+            "n40": {"set": {"data.noise": "symmetric", "data.noise_rate": 0.4}},
+        },
+        budget={"n_trials": 1},
+        evaluation={"n_seeds": 1},
+    )
+    url = f"sqlite:///{tmp_path}/noisy.db"
+    env = _env(cache_dir)
+    done = _tether("run", str(spec), "--storage", url, "--devices", "cpu", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    storage = open_storage(url)
+    assert {"noisy.n20/standard", "noisy.n20/rsl", "noisy.n40/standard", "noisy.n40/rsl"} <= {
+        s.study_name for s in optuna.get_all_study_summaries(storage)
+    }
+    rsl_study = optuna.load_study(study_name="noisy.n40/rsl", storage=storage)
+    recipe = rsl_study.trials[0].user_attrs["recipe"]
+    assert recipe["data"]["noise_rate"] == 0.4
+    assert recipe["train"]["correct_epoch"] == 2
+    standard = optuna.load_study(study_name="noisy.n40/standard", storage=storage)
+    assert standard.trials[0].user_attrs["recipe"]["train"]["correct_epoch"] == 0
+    assert (tmp_path / "noisy-report.html").read_text().count("<h2>") == 3
+    table = _tether(
+        "compare", str(spec), "--storage", url, "--format", "json", cwd=tmp_path, env=env
+    )
+    assert table.returncode == 0, table.stderr
+    rows = json.loads(table.stdout)
+    assert [(r["condition"], r["method"]) for r in rows] == [
+        ("n20", "standard"),
+        ("n20", "rsl"),
+        ("n40", "standard"),
+        ("n40", "rsl"),
+    ]
+    assert all(r["seeds"] == 1 for r in rows)
+    assert all(r["recovered"] is None for r in rows if r["method"] == "standard")
+    assert all(0.0 <= r["recovered"] <= 1.0 for r in rows if r["method"] == "rsl")
+    text = _tether(
+        "compare", str(spec), "--storage", url, "--conditions", "n40", cwd=tmp_path, env=env
+    )
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[0].split()[:2] == ["condition", "method"]
+    assert "noisy labels recovered %" in text.stdout
+    assert "n20" not in text.stdout
 
 
 def test_status_and_the_optuna_cli_read_the_storage(

@@ -24,12 +24,13 @@ from search.methods import register_method
 from search.methods import suggest
 from search.spec import Choice
 from search.spec import FloatRange
+from search.spec import IntRange
 from search.spec import MethodSpace
 
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUPS = ("block1", "block2", "block3")  # the digits CNN's pretrained groups
-RANGES: dict[str, FloatRange | Choice] = {
+RANGES: dict[str, FloatRange | IntRange | Choice] = {
     "lr": FloatRange(1e-4, 1e-2),
     "radius": FloatRange(0.01, 2.0),
     "head_radius": FloatRange(0.5, 30.0),
@@ -37,6 +38,10 @@ RANGES: dict[str, FloatRange | Choice] = {
     "alpha": FloatRange(1e-4, 1.0),
     "beta": FloatRange(1e-4, 1.0),
     "norm": Choice(("mars", "frob")),
+    "correct_epoch": IntRange(1, 10),
+    "correct_threshold": FloatRange(0.5, 0.99),
+    "reweight_epoch": IntRange(1, 10),
+    "reweight_temperature": FloatRange(0.5, 4.0),
 }
 
 
@@ -52,7 +57,7 @@ def _cases() -> list[tuple[str, GroupMode]]:
     return cases
 
 
-def _space(name: str, groups: GroupMode, **extra: FloatRange | Choice) -> MethodSpace:
+def _space(name: str, groups: GroupMode, **extra: FloatRange | IntRange | Choice) -> MethodSpace:
     method = get_method(name)
     params = {p: RANGES[p] for p in method.params if method.accepts(p, groups)}
     return MethodSpace(name, {**params, **extra}, groups=groups, relative=True)
@@ -108,9 +113,60 @@ def test_fixed_patches() -> None:
     assert get_method("mars-pgm").patch == {
         "constraint": {"norm": "mars"},
         "penalty": {"name": "none"},
+        "train": {"correct_epoch": 0, "reweight_epoch": 0},
     }
     assert get_method("delta").patch["penalty"] == {"name": "delta"}
     assert get_method("standard").patch["constraint"]["norm"] == "none"
+
+
+@pytest.mark.parametrize("name", ["standard", "l2-sp", "mars-pgm", "frob-pgm", "bss", "l1-sp"])
+def test_only_rsl_corrects_or_reweights_labels(name: str) -> None:
+    train = get_method(name).patch["train"]
+    assert train["correct_epoch"] == 0
+    assert train["reweight_epoch"] == 0
+
+
+def test_rsl_is_a_frobenius_constraint_with_the_papers_label_settings() -> None:
+    rsl = get_method("rsl")
+    assert rsl.patch["constraint"] == {"norm": "frob"}
+    assert rsl.patch["train"] == {
+        "correct_epoch": 10,
+        "correct_threshold": 0.9,
+        "reweight_epoch": 5,
+        "reweight_temperature": 2.0,
+    }
+    assert rsl.constrained
+    assert rsl.accepts("scale", "geometric")
+    for param in ("correct_epoch", "correct_threshold", "reweight_epoch", "reweight_temperature"):
+        assert rsl.accepts(param, "geometric")
+    assert not get_method("frob-pgm").accepts("correct_epoch", "shared")
+
+
+def test_rsl_suggests_integer_epochs_into_the_train_section() -> None:
+    space = MethodSpace(
+        method="rsl",
+        params={
+            "radius": FloatRange(0.05, 10.0),
+            "scale": FloatRange(1.0, 5.0),
+            "head_radius": FloatRange(1.0, 30.0),
+            "correct_epoch": IntRange(5, 40),
+            "reweight_temperature": FloatRange(0.5, 4.0),
+        },
+        groups="geometric",
+    )
+    patch = suggest("rsl", space, optuna.create_study().ask(), groups=["a", "b"])
+    assert isinstance(patch["train"]["correct_epoch"], int)
+    assert 5 <= patch["train"]["correct_epoch"] <= 40
+    assert 0.5 <= patch["train"]["reweight_temperature"] <= 4.0
+    assert patch["train"]["reweight_epoch"] == 5  # not searched: the paper's value
+    assert patch["constraint"]["norm"] == "frob"
+    assert patch["constraint"]["scale"] >= 1.0
+
+
+def test_bss_searches_its_trade_off_only() -> None:
+    bss = get_method("bss")
+    assert bss.required == ("alpha",)
+    assert not bss.accepts("beta", "shared")
 
 
 # ---------------------------------------------------------------------------- deep_merge
@@ -157,9 +213,13 @@ def _check_recipe(name: str, groups: GroupMode, recipe: Recipe, params: dict[str
     if not method.constrained:
         assert recipe.constraint.norm == "none"
         assert recipe.penalty.name == method.patch["penalty"]["name"]
-        if "alpha" in method.params:
-            assert (recipe.penalty.alpha, recipe.penalty.beta) == (params["alpha"], params["beta"])
+        for key in ("alpha", "beta"):
+            if key in method.params:
+                assert getattr(recipe.penalty, key) == params[key]
         return
+    for key in ("correct_epoch", "correct_threshold", "reweight_epoch", "reweight_temperature"):
+        if key in params:
+            assert getattr(recipe.train, key) == params[key]
     assert recipe.penalty.name == "none"
     assert recipe.constraint.relative is True
     assert recipe.constraint.head_radius == params["head_radius"]

@@ -13,9 +13,12 @@ from finetune.errors import ConfigError
 from finetune.recipe import recipe_from_dict
 from search.spec import Choice
 from search.spec import FloatRange
+from search.spec import IntRange
 from search.spec import StudySpec
 from search.spec import load_spec
+from search.spec import load_specs
 from search.spec import spec_from_dict
+from search.spec import specs_from_dict
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,14 +56,109 @@ def _load(data: dict[str, Any]) -> StudySpec:
 
 @pytest.mark.parametrize("path", sorted(STUDIES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_specs_load(path: Path) -> None:
-    spec = load_spec(str(path))
-    assert spec.name == path.stem
-    recipe_from_dict(spec.base_recipe())
-    json.dumps(spec.to_dict(), allow_nan=False)
-    for method, space in spec.methods.items():
-        assert spec.study_name(method) == f"{path.stem}/{method}"
-        assert len(spec.fingerprint(method)) == 64
-        assert space.enqueue or not space.params or path.stem == "digits"
+    for spec in load_specs(str(path)):
+        assert spec.family == path.stem
+        prefix = path.stem if spec.condition is None else f"{path.stem}.{spec.condition}"
+        assert spec.name == prefix
+        recipe_from_dict(spec.base_recipe())
+        json.dumps(spec.to_dict(), allow_nan=False)
+        for method, space in spec.methods.items():
+            assert spec.study_name(method) == f"{prefix}/{method}"
+            assert len(spec.fingerprint(method)) == 64
+            assert space.enqueue or not space.params or path.stem == "digits"
+
+
+def test_noise_specs_vary_the_noise_rate_per_condition() -> None:
+    for stem in ("digits-noise", "indoor-resnet18-noise"):
+        specs = load_specs(str(STUDIES / f"{stem}.yaml"))
+        assert [s.condition for s in specs] == ["noise20", "noise40", "noise60", "noise80"]
+        rates = [s.base_recipe()["data"]["noise_rate"] for s in specs]
+        assert rates == [0.2, 0.4, 0.6, 0.8]
+        assert {"standard", "frob-pgm", "rsl"} <= set(specs[0].methods)
+        assert all(s.base_recipe()["data"]["noise"] == "symmetric" for s in specs)
+    indoor = load_specs(str(STUDIES / "indoor-resnet18-noise.yaml"))
+    published = [(7.80, 14.08), (8.47, 19.02), (10.76, 19.82), (9.20, 6.42)]
+    for spec, (radius, head) in zip(indoor, published, strict=True):
+        point = spec.methods["rsl"].enqueue[0]
+        assert (point["radius"], point["head_radius"]) == (radius, head)
+        assert spec.methods["frob-pgm"].enqueue[0] == {"radius": radius, "head_radius": head}
+
+
+def _conditions(**conditions: Any) -> dict[str, Any]:
+    return {**_spec(), "conditions": conditions}
+
+
+def test_conditions_expand_into_one_spec_each_with_their_own_studies() -> None:
+    data = _conditions(
+        clean={"set": {"data.noise": "none", "data.noise_rate": 0.0}},
+        noisy={
+            "set": {"data": {"noise": "pair", "noise_rate": 0.3}},
+            "methods": {"mars-pgm": {"enqueue": [{"radius": 0.5, "head_radius": 2.0}]}},
+        },
+    )
+    clean, noisy = specs_from_dict(data, root=str(ROOT))
+    assert (clean.name, clean.condition, clean.family) == ("t.clean", "clean", "t")
+    assert noisy.study_name("l2-sp") == "t.noisy/l2-sp"
+    assert clean.base_recipe()["data"]["noise"] == "none"
+    assert noisy.base_recipe()["data"]["noise"] == "pair"
+    assert noisy.base_recipe()["data"]["noise_rate"] == 0.3
+    assert noisy.methods["mars-pgm"].enqueue == ({"radius": 0.5, "head_radius": 2.0},)
+    assert clean.methods["mars-pgm"].enqueue == ()
+    assert noisy.methods["mars-pgm"].params == clean.methods["mars-pgm"].params
+    assert clean.fingerprint("mars-pgm") != noisy.fingerprint("mars-pgm")
+    assert noisy.to_dict()["condition"] == "noisy"
+    assert [s.name for s in specs_from_dict(_spec(), root=str(ROOT))] == ["t"]
+
+
+def test_load_spec_refuses_a_file_with_several_conditions(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_conditions(a={}, b={})))
+    with pytest.raises(ConfigError, match=r"several conditions \(a, b\)"):
+        load_spec(str(path))
+    specs = load_specs(str(path), ["conditions.b.set.train.epochs=2"])
+    assert [s.base_recipe()["train"]["epochs"] for s in specs][1] == 2
+
+
+BAD_CONDITIONS = [
+    ("not a mapping", [1, 2], ["conditions must map"]),
+    ("empty", {}, ["conditions must map"]),
+    ("bad name", {"a b": {}}, ["conditions.a b", "condition name"]),
+    ("unknown key", {"a": {"budget": {}}}, ["unknown key conditions.a.budget", "set, methods"]),
+    ("unknown method", {"a": {"methods": {"delta": {}}}}, ["conditions.a.methods.delta"]),
+    ("bad recipe value", {"a": {"set": {"data.noise_rate": 2}}}, ["conditions.a", "noise_rate"]),
+    (
+        "bad enqueue",
+        {"a": {"methods": {"l2-sp": {"enqueue": [{"alpha": 9.0}]}}}},
+        ["conditions.a", "enqueue[0].alpha"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("conditions", "needles"), [c[1:] for c in BAD_CONDITIONS], ids=[c[0] for c in BAD_CONDITIONS]
+)
+def test_bad_conditions_name_the_key(conditions: Any, needles: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        specs_from_dict({**_spec(), "conditions": conditions}, root=str(ROOT))
+    for needle in needles:
+        assert needle in str(info.value), str(info.value)
+
+
+def test_integer_parameters_take_integer_ranges() -> None:
+    rsl = {
+        "groups": "shared",
+        "radius": {"low": 0.05, "high": 1.0},
+        "head_radius": {"low": 1.0, "high": 9.0},
+        "correct_epoch": {"low": 2, "high": 20},
+        "reweight_epoch": [1, 5],
+    }
+    space = _load(_method("rsl", **rsl)).methods["rsl"]
+    assert space.params["correct_epoch"] == IntRange(2, 20, log=False)
+    assert space.params["reweight_epoch"] == Choice((1, 5))
+    with pytest.raises(ConfigError, match="methods.rsl.correct_epoch.low must be an integer"):
+        _load(_method("rsl", **{**rsl, "correct_epoch": {"low": 2.5, "high": 20}}))
+    with pytest.raises(ConfigError, match="enqueue"):
+        _load(_method("rsl", **rsl, enqueue=[{"correct_epoch": 3.5}]))
 
 
 def test_digits_compares_every_method() -> None:
