@@ -57,17 +57,69 @@ def _device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", default=None, help="default: $TETHER_CACHE_DIR")
 
 
-def _open(args: argparse.Namespace) -> tuple[list[StudySpec], optuna.storages.BaseStorage]:
-    """The spec's conditions (one spec if it has none) that ``--conditions`` selects, and the
-    storage."""
+def _load(args: argparse.Namespace) -> list[StudySpec]:
+    """The spec's conditions (one spec if it has none) that ``--conditions`` selects, every
+    flag checked; nothing is opened or printed."""
     from search.spec import load_specs
 
     specs = _conditions(load_specs(args.spec, args.overrides), args)
-    _methods(specs[0], args)  # a bad --methods fails before the storage is opened
-    url = resolve_url(args.storage)
-    storage = open_storage(url)
-    print(f"storage: {mask_url(url)}", file=sys.stderr)
-    return specs, storage
+    _methods(specs[0], args)
+    if hasattr(args, "devices"):
+        from search.driver import parse_devices
+
+        parse_devices(args.devices, args.trials_per_device)
+    return specs
+
+
+def _open(args: argparse.Namespace) -> tuple[list[StudySpec], optuna.storages.BaseStorage]:
+    """:func:`_load`, then the storage."""
+    specs = _load(args)
+    return specs, open_storage(resolve_url(args.storage))
+
+
+def _announce(args: argparse.Namespace) -> None:
+    """The storage line, once the input has been checked."""
+    print(f"storage: {mask_url(resolve_url(args.storage))}", file=sys.stderr)
+
+
+def _selected(spec: StudySpec, args: argparse.Namespace) -> list[str]:
+    return _methods(spec, args) or list(spec.methods)
+
+
+def _require_studies(
+    specs: Sequence[StudySpec],
+    storage: optuna.storages.BaseStorage,
+    args: argparse.Namespace,
+    *,
+    every: bool,
+) -> None:
+    """Refuse a spec whose studies are not in the storage: ``every`` one of them must be
+    there (evaluate, worker), or at least one (the read-only verbs)."""
+    from finetune.errors import ConfigError
+
+    names = study_names(storage)
+    wanted = [s.study_name(m) for s in specs for m in _selected(s, args)]
+    missing = [n for n in wanted if n not in names]
+    if missing and (every or len(missing) == len(wanted)):
+        where = mask_url(resolve_url(args.storage))
+        others = "" if len(missing) == 1 else f" (nor {len(missing) - 1} more of the spec's)"
+        raise ConfigError(
+            f"study {missing[0]} does not exist in {where}{others}; create it with tether run"
+        )
+
+
+def _preflight(specs: Sequence[StudySpec]) -> None:
+    """Check what every trial will read (the data folder, a checkpoint) before writing."""
+    from finetune.data.folder import check_folder
+    from finetune.models.checkpoint import read_state_dict
+    from finetune.recipe import recipe_from_dict
+
+    for spec in specs:
+        recipe = recipe_from_dict(spec.base_recipe())
+        if recipe.data.kind == "folder":
+            check_folder(recipe.data)
+        if recipe.model.checkpoint is not None:
+            read_state_dict(recipe.model.checkpoint)
 
 
 def _conditions(specs: list[StudySpec], args: argparse.Namespace) -> list[StudySpec]:
@@ -111,13 +163,23 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
     from search.evaluate import evaluate
     from search.launcher import Launcher
 
-    specs, storage = _open(args)
+    specs = _load(args)
     methods = _methods(specs[0], args)
     slots = parse_devices(args.devices, args.trials_per_device)
     groups = {spec.name: model_groups(spec) for spec in specs}
+    if create:
+        _preflight(specs)
+    storage = open_storage(resolve_url(args.storage))
     if create:  # every condition first, so that workers elsewhere can join any of them
         for spec in specs:
             create_studies(spec, storage, methods=methods, groups=groups[spec.name])
+    else:
+        _require_studies(specs, storage, args, every=True)
+    _announce(args)
+    if create and args.create_only:
+        names = [s.study_name(m) for s in specs for m in methods or s.methods]
+        print(f"created {len(names)} studies: {', '.join(names)}", file=sys.stderr)
+        return 0
     cache_dir = None if args.cache_dir is None else Path(args.cache_dir)
     with Launcher(mode=args.launcher) as launcher:
         for spec in specs:
@@ -192,6 +254,11 @@ class RunCommand(Command):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         _spec_arguments(parser)
         _device_arguments(parser)
+        parser.add_argument(
+            "--create-only",
+            action="store_true",
+            help="create the studies and enqueue their budget, then exit (workers run it)",
+        )
         parser.add_argument("--no-evaluate", action="store_true", help="search only")
         parser.add_argument(
             "--no-report", action="store_true", help="do not write the HTML report"
@@ -238,6 +305,8 @@ class EvaluateCommand(Command):
         specs, storage = _open(args)
         methods = _methods(specs[0], args)
         slots = parse_devices(args.devices, args.trials_per_device)
+        _require_studies(specs, storage, args, every=True)
+        _announce(args)
         with Launcher(mode=args.launcher) as launcher:
             for spec in specs:
                 evaluate(
@@ -266,6 +335,8 @@ class CompareCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         specs, storage = _open(args)
+        _require_studies(specs, storage, args, every=False)
+        _announce(args)
         _print_table(specs, storage, args.format)
         return 0
 
@@ -281,6 +352,8 @@ class ReportCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         specs, storage = _open(args)
+        _require_studies(specs, storage, args, every=False)
+        _announce(args)
         print(_write_report(specs, storage, args.output))
         return 0
 
@@ -297,6 +370,8 @@ class StatusCommand(Command):
         from optuna.trial import TrialState
 
         specs, storage = _open(args)
+        _require_studies(specs, storage, args, every=False)
+        _announce(args)
         names = study_names(storage)
         states = (
             TrialState.COMPLETE,
@@ -339,7 +414,12 @@ class ReapCommand(Command):
         from search.tickets import reap
 
         specs, storage = _open(args)
+        _require_studies(specs, storage, args, every=False)
+        _announce(args)
+        names = study_names(storage)
         for spec, method in ((s, m) for s in specs for m in s.methods):
+            if spec.study_name(method) not in names:
+                continue
             study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
             print(f"{study.study_name}: {reap(study)} stale trial(s) failed")
         return 0

@@ -64,6 +64,21 @@ def load_folder(cfg: DataConfig, *, cache_dir: Path, workers: int | None = None)
             classes that differ between splits, an empty class folder, an unreadable image, or a
             class too small for the requested fractions.
     """
+    root, split_folders = check_folder(cfg)
+    n_workers = workers or min(8, os.cpu_count() or 1)
+    if split_folders:
+        return _load_split_folders(cfg, root, cache_dir=cache_dir, workers=n_workers)
+    return _load_fraction_split(cfg, root, cache_dir=cache_dir, workers=n_workers)
+
+
+def check_folder(cfg: DataConfig) -> tuple[Path, bool]:
+    """The resolved ``data.root`` and whether it has the ``train/ val/ test/`` layout.
+
+    Cheap (no image is opened): a search checks this before it writes anything.
+
+    Raises:
+        ConfigError: (kind ``data``) no root, a missing root, or a partial split layout.
+    """
     if not cfg.root:
         raise ConfigError("data.root is required when data.kind is 'folder'")
     root = Path(cfg.root).expanduser().resolve()
@@ -78,10 +93,7 @@ def load_folder(cfg: DataConfig, *, cache_dir: Path, workers: int | None = None)
             f"data.root {root} has {', '.join(f'{s}/' for s in present)} but is missing {missing}",
             kind="data",
         )
-    n_workers = workers or min(8, os.cpu_count() or 1)
-    if present:
-        return _load_split_folders(cfg, root, cache_dir=cache_dir, workers=n_workers)
-    return _load_fraction_split(cfg, root, cache_dir=cache_dir, workers=n_workers)
+    return root, bool(present)
 
 
 def read_image_folder(

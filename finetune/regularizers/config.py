@@ -25,12 +25,14 @@ class ConstraintConfig:
     mode: Literal["rescale", "exact"] = "rescale"
 
     def __post_init__(self) -> None:
-        values = self.radius.values() if isinstance(self.radius, dict) else [self.radius]
-        for value in (*values, self.head_radius):
+        radii = (
+            [(f"constraint.radius.{g}", r) for g, r in self.radius.items()]
+            if isinstance(self.radius, dict)
+            else [("constraint.radius", self.radius)]
+        )
+        for key, value in (*radii, ("constraint.head_radius", self.head_radius)):
             if not value > 0:
-                raise ConfigError(
-                    f"constraint radii must be > 0 (.inf leaves a layer free), got {value!r}"
-                )
+                raise ConfigError(f"{key} must be > 0 (.inf leaves a layer free), got {value!r}")
         if self.scale is not None:
             if not self.scale > 0:
                 raise ConfigError(f"constraint.scale must be > 0, got {self.scale!r}")
