@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint format clean
+.PHONY: test demo demo-noise lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ test: lint
 demo: $(STAMP)
 	rm -f demo.db
 	$(BIN)/tether run studies/digits.yaml --storage sqlite:///demo.db --devices cpu --report demo-report.html
+
+# Noisy labels: standard vs frob-pgm vs RSL at 20/40/60/80 % symmetric noise (README table).
+demo-noise: $(STAMP)
+	rm -f digits-noise.db
+	$(BIN)/tether run studies/digits-noise.yaml --storage sqlite:///digits-noise.db --devices cpu --report digits-noise-report.html
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
