@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 import sys
+from typing import TYPE_CHECKING
 
 import optuna
 
@@ -21,6 +22,11 @@ from search.storage import mask_url
 from search.storage import open_storage
 from search.storage import resolve_url
 from search.storage import study_names
+
+
+if TYPE_CHECKING:
+    from search.launcher import Launcher
+    from search.trials import Slot
 
 
 def _spec_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,7 +166,6 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
     from search.driver import create_studies
     from search.driver import model_groups
     from search.driver import parse_devices
-    from search.evaluate import evaluate
     from search.launcher import Launcher
 
     specs = _load(args)
@@ -201,22 +206,35 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
             )
             search.run()
         if create and not args.no_evaluate:
-            for spec in specs:
-                evaluate(
-                    spec,
-                    storage=storage,
-                    launcher=launcher,
-                    slots=slots,
-                    log_dir=Path(args.log_dir),
-                    cache_dir=cache_dir,
-                    methods=methods,
-                )
+            _evaluate(specs, storage, launcher, slots, args)
     if create:
         _print_table(specs, storage, "text")
         if not args.no_report:
             path = _write_report(specs, storage, args.report)
             print(f"report: {path}")
     return 0
+
+
+def _evaluate(
+    specs: Sequence[StudySpec],
+    storage: optuna.storages.BaseStorage,
+    launcher: Launcher,
+    slots: Sequence[Slot],
+    args: argparse.Namespace,
+) -> None:
+    """Re-run each selected method's best configuration of every condition over its seeds."""
+    from search.evaluate import evaluate
+
+    for spec in specs:
+        evaluate(
+            spec,
+            storage=storage,
+            launcher=launcher,
+            slots=slots,
+            log_dir=Path(args.log_dir),
+            cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
+            methods=_methods(spec, args),
+        )
 
 
 def _print_table(
@@ -299,25 +317,14 @@ class EvaluateCommand(Command):
 
     def run(self, args: argparse.Namespace) -> int:
         from search.driver import parse_devices
-        from search.evaluate import evaluate
         from search.launcher import Launcher
 
         specs, storage = _open(args)
-        methods = _methods(specs[0], args)
         slots = parse_devices(args.devices, args.trials_per_device)
         _require_studies(specs, storage, args, every=True)
         _announce(args)
         with Launcher(mode=args.launcher) as launcher:
-            for spec in specs:
-                evaluate(
-                    spec,
-                    storage=storage,
-                    launcher=launcher,
-                    slots=slots,
-                    log_dir=Path(args.log_dir),
-                    cache_dir=None if args.cache_dir is None else Path(args.cache_dir),
-                    methods=methods,
-                )
+            _evaluate(specs, storage, launcher, slots, args)
         _print_table(specs, storage, "text")
         return 0
 

@@ -65,7 +65,8 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
-def _logits(output: Any) -> torch.Tensor:
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits tensor of a model's output (the first item of a tuple or list)."""
     if isinstance(output, tuple | list):
         output = output[0]
     if not isinstance(output, torch.Tensor):
@@ -171,7 +172,7 @@ def _train_probe(
                     continue  # a batch of one breaks BatchNorm in train mode
                 x = ctx.transform(ctx.train_images[idx].to(ctx.device))
                 y = ctx.train_labels[idx].to(ctx.device)
-                loss = F.cross_entropy(_logits(net(x)), y)
+                loss = F.cross_entropy(logits_of(net(x)), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -215,7 +216,7 @@ def _ablation_scores(
             b = len(x)
             k_max = max(1, max_images // b)
             x_rep, y_rep = x.repeat(k_max, *[1] * (x.dim() - 1)), y.repeat(k_max)
-            loss0 = F.cross_entropy(_logits(net(x)), y)
+            loss0 = F.cross_entropy(logits_of(net(x)), y)
             for name in channels:
                 module = net.get_submodule(name)
                 handle = module.register_forward_hook(hook)
@@ -224,7 +225,7 @@ def _ablation_scores(
                     for chans in torch.split(torch.arange(channels[name]), k_max):
                         k = chans.numel()
                         ablate[0] = chans.to(x.device)
-                        logits = _logits(net(x_rep[: k * b]))
+                        logits = logits_of(net(x_rep[: k * b]))
                         loss = F.cross_entropy(logits, y_rep[: k * b], reduction="none")
                         parts.append(loss.view(k, b).mean(1) - loss0)
                 finally:

@@ -57,6 +57,7 @@ from finetune.errors import ConfigError
 from finetune.layers import HEAD
 from finetune.regularizers._context import PenaltyContext
 from finetune.regularizers._context import SourceTask
+from finetune.regularizers._delta_scores import logits_of
 from finetune.regularizers._sp import DistancePenalty
 from finetune.regularizers._sp import Include
 from finetune.regularizers._sp import penalised_targets
@@ -75,14 +76,6 @@ _MAX_CHUNK = 64
 
 def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(f"{prefix}.")
-
-
-def _logits(output: Any) -> torch.Tensor:
-    if isinstance(output, tuple | list):
-        output = output[0]
-    if not isinstance(output, torch.Tensor):
-        raise TypeError(f"the model returned {type(output).__name__}, expected a logits tensor")
-    return output
 
 
 def fisher_diagonal(
@@ -137,7 +130,7 @@ def fisher_diagonal(
         for index in torch.split(chosen, chunk):
             x = transform(images[index].to(device))
             with torch.no_grad():
-                probs = F.softmax(_logits(model(x)).float(), dim=1)
+                probs = F.softmax(logits_of(model(x)).float(), dim=1)
             y = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
             squares = _vmapped_squares(log_likelihood, params, x, y) if vectorise else None
             if squares is None:
@@ -163,7 +156,7 @@ def _log_likelihood(model: nn.Module, wanted: set[str]) -> LogLikelihood:
     def log_likelihood(
         params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor
     ) -> torch.Tensor:
-        out = _logits(functional_call(model, {**params, **fixed}, (x.unsqueeze(0),)))
+        out = logits_of(functional_call(model, {**params, **fixed}, (x.unsqueeze(0),)))
         return F.log_softmax(out.float(), dim=1)[0].gather(0, y.unsqueeze(0)).squeeze(0)
 
     return log_likelihood
