@@ -1,17 +1,27 @@
-"""Per-trial overhead of the search harness, on a worker that does no training.
+"""Throughput and per-trial overhead of the search harness, with workers that do no training.
 
-    python -m benchmarks.search --trials 40 --storages sqlite postgres --workers 1 4
+    python -m benchmarks.search --trials 200 --storages journal postgres --workers 1 2 4 8
 
-Each trial runs the whole path of a real one: a ticket is claimed, 5 parameters are sampled
-(TPE), a worker process is started, it reports 10 epochs (each one an intermediate value,
-with the pruner consulted), the result and the user attributes are stored, the trial is told.
-Only the fine-tuning itself is replaced by :func:`_instant_run`, which takes no time, so
-``wall time / trials`` is the harness's overhead per trial, with ``workers`` trials at once.
-PostgreSQL needs ``$TETHER_TEST_POSTGRES_URL`` (or ``--postgres URL``).
+Each worker is a separate process, as ``tether worker`` on another machine would be: it opens
+its own storage and runs :class:`search.driver.TicketRunner` (the loop of ``tether worker``)
+on one slot. Each trial takes the whole path of a real one: a ticket is claimed, 5 parameters
+are sampled (TPE, a seed per worker), a worker process is forked, it reports 10 epochs (each
+an intermediate value, with the median pruner consulted), the result and the user attributes
+are stored, the trial is told. Only the fine-tuning is replaced by :func:`_instant_run`, which
+takes no time. The workers start and warm up (imports, storage, forkserver) before the clock
+starts; the clock stops when the last one has found no ticket left.
 
-A second table times what the forkserver is for: from ``Launcher.start`` to the real
-worker's ``start`` event (data loaded, model built) for a small digits recipe, forked from the
-server that has torch imported against a fresh ``python -m finetune.worker``.
+Reported per storage and number of workers:
+
+- ``trials/s``: the budget over the wall time;
+- ``s per trial``: wall time x workers / trials, what one trial costs a worker;
+- ``storage ms per trial``: time spent inside storage calls (summed over the workers'
+  threads, heartbeats included) per trial, and how many calls that was.
+
+PostgreSQL needs ``$TETHER_TEST_POSTGRES_URL`` (or ``--postgres URL``); each configuration
+gets a new study, deleted afterwards. A second table times what the forkserver is for: from
+``Launcher.start`` to the real worker's ``start`` event for a small digits recipe, forked from
+the server that has torch imported against a fresh ``python -m finetune.worker``.
 """
 
 from __future__ import annotations
@@ -19,27 +29,33 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from collections.abc import Sequence
+import functools
+import multiprocessing
+from multiprocessing.synchronize import Barrier
 import os
 from pathlib import Path
 import platform
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 import uuid
 
 import optuna
 
-from search.driver import Search
-from search.driver import create_studies
+from search.driver import TicketRunner
 from search.driver import parse_devices
 from search.launcher import Launcher
-from search.spec import spec_from_dict
+from search.launcher import trivial_target
+from search.samplers import SamplerConfig
+from search.samplers import make_sampler
 from search.storage import open_storage
+from search.tickets import enqueue_tickets
 
 
-ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 10
+GROUPS = ("block1", "block2", "block3")
 
 
 def _instant_run(
@@ -69,47 +85,120 @@ def _instant_run(
     return 0
 
 
-def _spec(name: str, trials: int) -> dict[str, Any]:
+def _recipe(index: int, trial: optuna.Trial) -> dict[str, Any]:
+    """5 parameters, as ``mars-pgm`` with independent radii on the digits CNN samples them."""
+    radius = {g: trial.suggest_float(f"radius.{g}", 0.01, 1.0, log=True) for g in GROUPS}
     return {
-        "name": name,
-        "recipe": str(ROOT / "configs" / "digits.yaml"),
-        "set": {"train.epochs": EPOCHS},
-        "budget": {"n_trials": trials},
-        "pruner": {"name": "median", "n_startup_trials": 5},
-        "methods": {
-            "mars-pgm": {
-                "groups": "independent",
-                "relative": True,
-                "radius": {"low": 0.01, "high": 1.0},
-                "head_radius": {"low": 0.5, "high": 30.0},
-                "lr": {"low": 1e-5, "high": 1e-2},
-            }
+        "constraint": {
+            "radius": radius,
+            "head_radius": trial.suggest_float("head_radius", 0.5, 30.0, log=True),
         },
+        "train": {"epochs": EPOCHS, "lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True)},
     }
 
 
-def measure(url: str, *, trials: int, workers: int, launcher: Launcher, work: Path) -> float:
-    """Seconds per trial for one configuration."""
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    spec = spec_from_dict(_spec(name, trials))
+class _Timed:
+    """Counts the calls to a storage's methods and the seconds spent in them (all threads)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def wrap(self, target: object, names: Sequence[str]) -> None:
+        for name in names:
+            method = getattr(target, name, None)
+            if callable(method):
+                setattr(target, name, self._timed(method))
+
+    def _timed(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds += time.perf_counter() - started
+                    self.calls += 1
+
+        return timed
+
+
+def _storage_methods(storage: object) -> list[str]:
+    return [
+        name
+        for name in dir(optuna.storages.BaseStorage)
+        if not name.startswith("__") and callable(getattr(storage, name, None))
+    ] + ["record_heartbeat", "_get_stale_trial_ids"]
+
+
+def _worker(url: str, name: str, number: int, start: Barrier, work: str, results: Any) -> None:
+    """One worker process: warm up, wait for the start, run tickets until none is left."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (the per-trial lines: not timed output)
     storage = open_storage(url)
-    create_studies(spec, storage)
-    slots = parse_devices("cpu", workers)
-    search = Search(
-        spec,
+    study = optuna.load_study(
+        study_name=name,
         storage=storage,
-        launcher=launcher,
-        slots=slots,
-        log_dir=work / name,
-        target=_instant_run,
+        sampler=make_sampler(SamplerConfig(name="tpe", seed=0), worker=number),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5),
     )
+    timed = _Timed()
+    timed.wrap(study._storage, _storage_methods(study._storage))
+    backend = getattr(study._storage, "_backend", study._storage)
+    timed.wrap(backend, ["claim_waiting", "set_trial_user_attrs"])
+    with Launcher(preload=()) as launcher:
+        log = Path(work) / "warm.log"
+        warm = launcher.start({}, device="", log_path=log, target=trivial_target)
+        for _ in warm.events(timeout=60):
+            pass
+        warm.wait()
+        runner = TicketRunner(
+            [study],
+            recipe=_recipe,
+            launcher=launcher,
+            slots=parse_devices("cpu", 1),
+            log_dir=Path(work) / "logs",
+            target=_instant_run,
+        )
+        start.wait()
+        runner.run()
+    results.put((runner.done, timed.seconds, timed.calls))
+
+
+def measure(url: str, *, trials: int, workers: int, work: Path) -> dict[str, float]:
+    """Throughput and storage time for ``workers`` processes on a new study of ``trials``."""
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    storage = open_storage(url)
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    enqueue_tickets(study, n_trials=trials)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(workers + 1)
+    results = context.Queue()
+    processes = [
+        context.Process(target=_worker, args=(url, name, i, start, str(work), results))
+        for i in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    start.wait()
     started = time.perf_counter()
-    search.run()
+    done = [results.get() for _ in processes]
     seconds = time.perf_counter() - started
-    study = optuna.load_study(study_name=spec.study_name("mars-pgm"), storage=storage)
-    assert len(study.trials) == trials
-    optuna.delete_study(study_name=study.study_name, storage=storage)
-    return seconds / trials
+    for process in processes:
+        process.join()
+    finished = study.get_trials(deepcopy=False)
+    assert len(finished) == trials, "a ticket was lost or run twice"
+    assert sum(d[0] for d in done) == trials
+    assert all(t.state.is_finished() for t in finished)
+    optuna.delete_study(study_name=name, storage=storage)
+    return {
+        "trials_per_second": trials / seconds,
+        "seconds_per_trial": seconds * workers / trials,
+        "storage_ms_per_trial": 1000 * sum(d[1] for d in done) / trials,
+        "storage_calls_per_trial": sum(d[2] for d in done) / trials,
+    }
 
 
 SMALL_RUN = {
@@ -139,15 +228,16 @@ def startup(mode: str, *, runs: int, work: Path) -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=40)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument(
         "--storages",
         nargs="+",
-        default=["sqlite", "postgres"],
+        default=["journal", "postgres"],
         choices=["sqlite", "journal", "postgres"],
+        help="sqlite is one process: it is measured with 1 worker only",
     )
-    parser.add_argument("--startup-runs", type=int, default=5)
+    parser.add_argument("--startup-runs", type=int, default=5, help="0: skip that table")
     parser.add_argument("--postgres", default=os.environ.get("TETHER_TEST_POSTGRES_URL"))
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -156,9 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"python {platform.python_version()}, optuna {optuna.__version__}"
     )
     print(f"{args.trials} trials of {EPOCHS} reported epochs and 5 sampled parameters each\n")
-    print("| storage | workers | seconds per trial |")
-    print("|---|---|---|")
-    with tempfile.TemporaryDirectory() as tmp, Launcher() as launcher:
+    print("| storage | workers | trials/s | s per trial | storage ms per trial | storage calls |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for kind in args.storages:
             url = {
@@ -167,19 +257,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "postgres": args.postgres,
             }[kind]
             if url is None:
-                print(f"| {kind} | - | skipped: no URL |")
+                print(f"| {kind} | - | skipped: no URL | | | |")
                 continue
             for workers in args.workers:
-                per_trial = measure(
-                    url, trials=args.trials, workers=workers, launcher=launcher, work=work
+                if kind == "sqlite" and workers > 1:
+                    continue
+                m = measure(url, trials=args.trials, workers=workers, work=work)
+                print(
+                    f"| {kind} | {workers} | {m['trials_per_second']:.1f} "
+                    f"| {m['seconds_per_trial']:.3f} | {m['storage_ms_per_trial']:.0f} "
+                    f"| {m['storage_calls_per_trial']:.0f} |",
+                    flush=True,
                 )
-                print(f"| {kind} | {workers} | {per_trial:.3f} |", flush=True)
-        print("\n| launcher | seconds to the worker's start event (median) |")
-        print("|---|---|")
-        for mode in ("fork", "subprocess"):
-            print(
-                f"| {mode} | {startup(mode, runs=args.startup_runs, work=work):.2f} |", flush=True
-            )
+        if args.startup_runs:
+            print("\n| launcher | seconds to the worker's start event (median) |")
+            print("|---|---|")
+            for mode in ("fork", "subprocess"):
+                seconds = startup(mode, runs=args.startup_runs, work=work)
+                print(f"| {mode} | {seconds:.2f} |", flush=True)
     return 0
 
 

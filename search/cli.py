@@ -1,7 +1,10 @@
 """The ``tether`` command line: one small command class per verb, its docstring is its help.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, nothing written),
-130 interrupted.
+130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (128 + the signal's number, as a
+shell reports a process killed by it). SIGTERM, what Kubernetes and Slurm send to preempt a
+job, is handled like the first Ctrl-C: the running trials are stopped and recorded as failed
+(see :class:`search.driver.TicketRunner`); a second signal of either kind quits at once.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from collections.abc import Sequence
 import inspect
 import math
 import os
+import signal
 import sys
+import threading
+from types import FrameType
 from typing import Any
 
 from finetune import __version__
@@ -19,9 +25,10 @@ from finetune.errors import ConfigError
 from search.cli_base import Command
 from search.cli_base import add_set_argument
 from search.commands import SEARCH_COMMANDS
+from search.driver import Terminated
 
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def _percent(value: object) -> str:
@@ -160,20 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tether`` console script."""
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         return COMMANDS[args.command].run(args)
     except ConfigError as error:
         print(f"tether: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Terminated:
+        print("tether: stopped by SIGTERM", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("tether: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

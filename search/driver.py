@@ -4,6 +4,9 @@
 as tickets) and then works like any ``tether worker``: every slot's thread claims the next
 ticket of the first method that has one, samples its parameters, runs the worker process and
 tells the study. Any number of workers on any number of machines can join the same storage.
+
+:class:`TicketRunner` is that work loop without the spec (it imports no torch), what the
+scale tests and benchmarks run in many processes; :class:`Search` is it for a spec.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import socket
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 from typing import Any
 import zlib
 
 import optuna
-from optuna.trial import TrialState
 
 import finetune
 from finetune.errors import ConfigError
@@ -32,15 +35,16 @@ from search.methods import enqueue_params
 from search.methods import suggest
 from search.samplers import make_pruner
 from search.samplers import make_sampler
-from search.spec import StudySpec
+from search.storage import hold_single_process
 from search.storage import study_names
-from search.tickets import Heartbeat
-from search.tickets import claim
+from search.tickets import Dispatcher
 from search.tickets import enqueue_tickets
-from search.tickets import reap
 from search.trials import Slot
-from search.trials import TrialFailed
-from search.trials import run_trial
+from search.trials import run_claimed
+
+
+if TYPE_CHECKING:
+    from search.spec import StudySpec
 
 
 SPEC_ATTR = "tether:spec"
@@ -178,15 +182,239 @@ def check_compatible(study: optuna.Study, spec: StudySpec, method: str) -> None:
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (``tether`` installs
+    the handler, :mod:`search.cli`): a preemption (Kubernetes, Slurm) stops the search as the
+    first Ctrl-C does."""
+
+
+class TicketRunner:
+    """Run the tickets of ``studies`` on ``slots``, one thread per slot, until none is left.
+
+    Each slot's thread takes the next ticket (:class:`~search.tickets.Dispatcher`: the first
+    study that has one; stale trials of dead workers reaped and retried on the way) and runs
+    it with :func:`~search.trials.run_claimed`; ``recipe(index, trial)`` samples the trial's
+    parameters and returns its recipe. This is all of ``tether worker`` that is not about the
+    spec; :class:`Search` adds the spec. A SQLite storage is held for this process
+    (:func:`~search.storage.hold_single_process`): a second process is refused. With no
+    ticket left while another process's trial runs, a slot waits up to one grace period: if
+    that worker died, its trial comes back as a retry and runs here.
+
+    **Stopping.** The first Ctrl-C (SIGINT), or SIGTERM, stops claiming and asks every running
+    trial to stop: each finishes its batch and is recorded as FAIL with ``error.kind ==
+    "interrupted"`` and the signal in ``error.message``; nothing stays RUNNING. A trial still
+    running after ``grace`` seconds is killed (and recorded the same way). A second signal kills
+    the running trials at once, records them (for at most ``abort_wait`` seconds) and returns.
+    Either way the interrupt is raised again to the caller: ``tether`` exits 130 (SIGINT) or
+    143 (SIGTERM).
+
+    Args:
+        studies: the studies whose tickets to run, in order.
+        recipe: ``recipe(index of the study, claimed trial) -> recipe``.
+        launcher: starts worker processes.
+        slots: where trials run, one thread each.
+        log_dir: one log file per trial, under ``log_dir/<study name>/``.
+        cache_dir: the workers' cache (digits source network, decoded images, DELTA).
+        target: what a worker runs instead of the fine-tuning (benchmarks of the harness).
+        time_limit: seconds per trial (its worker is stopped after), or None.
+        timeout: seconds per study from this process's first trial of it; after that it
+            takes no new ticket of that study. None: no limit.
+        grace: seconds a stopped trial gets to finish its batch.
+    """
+
+    abort_wait = 5.0
+
+    def __init__(
+        self,
+        studies: Sequence[optuna.Study],
+        *,
+        recipe: Callable[[int, optuna.Trial], dict[str, Any]],
+        launcher: Launcher,
+        slots: Sequence[Slot],
+        log_dir: Path,
+        cache_dir: Path | None = None,
+        target: Callable[..., int] | None = None,
+        time_limit: float | None = None,
+        timeout: float | None = None,
+        grace: float = 30.0,
+    ) -> None:
+        self.studies = list(studies)
+        self.launcher = launcher
+        self.slots = list(slots)
+        self.log_dir = log_dir
+        self.cache_dir = cache_dir
+        self.target = target
+        self.time_limit = time_limit
+        self.timeout = timeout
+        self.grace = grace
+        self.done = 0
+        self._recipe = recipe
+        self._dispatcher = Dispatcher(self.studies)
+        self._deadlines: list[float | None] = [None] * len(self.studies)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reason: str | None = None
+        self._running: dict[Slot, TrialProcess] = {}
+        self._errors: list[BaseException] = []
+        cpu_slots = sum(slot.device == "cpu" for slot in self.slots)
+        if cpu_slots > 1 and "TETHER_NUM_THREADS" not in os.environ:
+            # trials sharing the CPU must share its cores, or they thrash (2 threads each on
+            # 2 cores ran 6x slower than 1 each). Trials inherit the environment at start.
+            os.environ["TETHER_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_slots))
+        if self.studies:
+            hold_single_process(self.studies[0]._storage)
+
+    def run(self) -> None:
+        """Work until every ticket is taken; see the class docstring for Ctrl-C and SIGTERM.
+
+        Raises:
+            KeyboardInterrupt: (or :class:`Terminated`) after the trials were stopped.
+            Exception: the first error that ended a slot (after the other slots ended).
+        """
+        finished = [threading.Event() for _ in self.slots]
+        for slot, done in zip(self.slots, finished, strict=True):
+            threading.Thread(
+                target=self._work,
+                args=(slot, done),
+                name=f"slot-{slot.name}-{slot.index}",
+                daemon=True,  # a second Ctrl-C must not wait for them
+            ).start()
+        try:
+            _wait(finished)
+        except KeyboardInterrupt as first:
+            self._reason = _signal_name(first)
+            try:
+                self._stop_trials(finished)
+            except KeyboardInterrupt as second:
+                self._reason = f"{_signal_name(second)} twice"
+                self._kill_trials(finished)
+                raise
+            raise
+        if self._errors:
+            raise self._errors[0]
+
+    def _stop_trials(self, finished: Sequence[threading.Event]) -> None:
+        running = self._halt()
+        print(
+            f"tether: {self._reason}: stopping {len(running)} running trial(s) (each finishes "
+            "its batch and is recorded as failed); send it again to quit now",
+            file=sys.stderr,
+            flush=True,
+        )
+        for process in running:
+            process.terminate()
+        if not _wait(finished, until=time.monotonic() + self.grace):
+            for process in self._halt():
+                process.kill()
+            _wait(finished)
+
+    def _kill_trials(self, finished: Sequence[threading.Event]) -> None:
+        running = self._halt()
+        print(
+            f"tether: {self._reason}: killing {len(running)} running trial(s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        for process in running:
+            process.kill()
+        _wait(finished, until=time.monotonic() + self.abort_wait)
+
+    def _halt(self) -> list[TrialProcess]:
+        """Stop taking tickets; the trial processes running now."""
+        with self._lock:
+            self._stop.set()
+            return list(self._running.values())
+
+    def _track(self, slot: Slot, process: TrialProcess | None) -> None:
+        with self._lock:
+            if process is None:
+                self._running.pop(slot, None)
+            else:
+                self._running[slot] = process
+                if self._stop.is_set():  # the signal came while this trial was starting
+                    process.terminate()
+
+    def _past_deadline(self, index: int) -> bool:
+        deadline = self._deadlines[index]
+        return deadline is not None and time.monotonic() > deadline
+
+    def _work(self, slot: Slot, finished: threading.Event) -> None:
+        try:
+            while not self._stop.is_set():
+                claimed = self._dispatcher.next(stop=self._stop, skip=self._past_deadline)
+                if claimed is None:
+                    return
+                index, trial = claimed
+                if self._deadlines[index] is None and self.timeout is not None:
+                    self._deadlines[index] = time.monotonic() + self.timeout
+                try:
+                    self._one(index, trial, slot)
+                finally:
+                    self._dispatcher.done(trial)
+        except BaseException as error:
+            with self._lock:
+                self._errors.append(error)
+                self._stop.set()  # the other slots finish their trials and take no more
+        finally:
+            finished.set()
+
+    def _one(self, index: int, trial: optuna.Trial, slot: Slot) -> None:
+        study = self.studies[index]
+        started = time.monotonic()
+        outcome = run_claimed(
+            study,
+            trial,
+            lambda claimed: self._recipe(index, claimed),
+            launcher=self.launcher,
+            slot=slot,
+            log_dir=self.log_dir,
+            time_limit=self.time_limit,
+            cache_dir=self.cache_dir,
+            running=lambda process: self._track(slot, process),
+            target=self.target,
+            stopped=lambda: self._reason,
+        )
+        with self._lock:
+            self.done += 1
+            params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+            print(
+                f"[{study.study_name}] trial {trial.number}: {outcome}  ({params})  "
+                f"{time.monotonic() - started:.1f}s on {slot.name}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _wait(finished: Sequence[threading.Event], *, until: float | None = None) -> bool:
+    """Wait until every event is set (or the monotonic time ``until``); whether they all are.
+
+    Events, not ``Thread.join``: after a join that Ctrl-C interrupted, CPython 3.11 reported
+    the thread as finished while it still ran.
+    """
+    for event in finished:
+        while not event.is_set():
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            event.wait(0.5 if left is None else min(0.5, left))
+    return True
+
+
+def _signal_name(interrupt: KeyboardInterrupt) -> str:
+    return "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT (Ctrl-C)"
+
+
 @dataclass
 class _MethodState:
     method: str
     study: optuna.Study
-    deadline: float | None = None
 
 
-class Search:
+class Search(TicketRunner):
     """Run the tickets of every method of ``spec`` on ``slots`` until none is left.
+
+    A :class:`TicketRunner` over the spec's studies (one per method, in the spec's order),
+    whose trials sample the method's search space into the spec's base recipe.
 
     Args:
         spec: the study spec.
@@ -200,6 +428,9 @@ class Search:
         worker: offsets the sampler seed; ``tether run`` uses 0 (a seeded spec repeats),
             ``tether worker`` one derived from host and pid (no two workers share a seed).
         groups: the model's layer groups, if the caller has them (else the model is built).
+
+    Raises:
+        ConfigError: a study does not exist, or was made from another spec or Optuna major.
     """
 
     def __init__(
@@ -217,22 +448,9 @@ class Search:
         groups: Sequence[str] | None = None,
     ) -> None:
         self.spec = spec
-        self.target = target
-        self.launcher = launcher
-        self.slots = list(slots)
-        self.log_dir = log_dir
-        self.cache_dir = cache_dir
         self.worker = worker_number() if worker is None else worker
-        cpu_slots = sum(slot.device == "cpu" for slot in self.slots)
-        if cpu_slots > 1 and "TETHER_NUM_THREADS" not in os.environ:
-            # trials sharing the CPU must share its cores, or they thrash (2 threads each on
-            # 2 cores ran 6x slower than 1 each). Trials inherit the environment at start.
-            os.environ["TETHER_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_slots))
         self.groups = list(model_groups(spec) if groups is None else groups)
         self.epochs = int(spec.base_recipe()["train"]["epochs"])
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._running: dict[Slot, TrialProcess] = {}
         self.states = []
         for method in methods or list(spec.methods):
             try:
@@ -249,116 +467,24 @@ class Search:
                 ) from None
             check_compatible(study, spec, method)
             self.states.append(_MethodState(method, study))
-        self.done = 0
+        super().__init__(
+            [state.study for state in self.states],
+            recipe=self._recipe_of,
+            launcher=launcher,
+            slots=slots,
+            log_dir=log_dir,
+            cache_dir=cache_dir,
+            target=target,
+            time_limit=spec.budget.trial_timeout,
+            timeout=spec.budget.timeout,
+        )
 
-    def run(self) -> None:
-        """Work until every ticket is taken.
-
-        The first Ctrl-C stops the running trials (each finishes its batch, is recorded as
-        failed with ``error.kind == "interrupted"``, and nothing stays RUNNING); a second one
-        exits at once, leaving their tickets to ``tether reap``.
-        """
-        for state in self.states:
-            reap(state.study)
-        threads = [
-            threading.Thread(
-                target=self._work, args=(slot,), name=f"slot-{slot.name}-{slot.index}"
-            )
-            for slot in self.slots
-        ]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(timeout=0.5)
-        except KeyboardInterrupt:
-            self._stop.set()
-            with self._lock:
-                running = list(self._running.values())
-            print(
-                f"tether: stopping {len(running)} running trial(s); Ctrl-C again to quit now",
-                file=sys.stderr,
-            )
-            for process in running:
-                process.stop(grace=30.0)
-            for thread in threads:
-                thread.join()
-            raise
-
-    def _track(self, slot: Slot, process: TrialProcess | None) -> None:
-        with self._lock:
-            if process is None:
-                self._running.pop(slot, None)
-            else:
-                self._running[slot] = process
-                if self._stop.is_set():  # Ctrl-C came while this trial was starting
-                    process.stop(grace=30.0)
-
-    def _next(self) -> tuple[_MethodState, optuna.Trial] | None:
-        with self._lock:
-            for state in self.states:
-                if state.deadline is not None and time.monotonic() > state.deadline:
-                    continue
-                trial = claim(state.study)
-                if trial is not None:
-                    timeout = self.spec.budget.timeout
-                    if state.deadline is None and timeout is not None:
-                        state.deadline = time.monotonic() + timeout
-                    return state, trial
-        return None
-
-    def _work(self, slot: Slot) -> None:
-        while not self._stop.is_set():
-            claimed = self._next()
-            if claimed is None:
-                return
-            state, trial = claimed
-            self._one(state, trial, slot)
-
-    def _one(self, state: _MethodState, trial: optuna.Trial, slot: Slot) -> None:
-        log_dir = self.log_dir / state.study.study_name.replace("/", "__")
-        log_dir.mkdir(parents=True, exist_ok=True)
-        study = state.study
-        started = time.monotonic()
-        with Heartbeat(study, trial):
-            try:
-                patch = suggest(
-                    state.method, self.spec.methods[state.method], trial, groups=self.groups
-                )
-                recipe = deep_merge(self.spec.base_recipe(), patch)
-                recipe["train"]["test"] = False
-                value = run_trial(
-                    trial,
-                    recipe,
-                    launcher=self.launcher,
-                    slot=slot,
-                    log_dir=log_dir,
-                    time_limit=self.spec.budget.trial_timeout,
-                    cache_dir=self.cache_dir,
-                    running=lambda process: self._track(slot, process),
-                    target=self.target,
-                )
-                study.tell(trial, value)
-                outcome = f"val {100 * value:.1f}%"
-            except optuna.TrialPruned as pruned:
-                study.tell(trial, state=TrialState.PRUNED)
-                outcome = str(pruned)
-            except TrialFailed as failed:
-                study.tell(trial, state=TrialState.FAIL)
-                outcome = f"FAILED ({failed})"
-            except BaseException:
-                study.tell(trial, state=TrialState.FAIL)
-                raise
-        with self._lock:
-            self.done += 1
-            params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
-            print(
-                f"[{study.study_name}] trial {trial.number}: {outcome}  ({params})  "
-                f"{time.monotonic() - started:.1f}s on {slot.name}",
-                file=sys.stderr,
-                flush=True,
-            )
+    def _recipe_of(self, index: int, trial: optuna.Trial) -> dict[str, Any]:
+        method = self.states[index].method
+        patch = suggest(method, self.spec.methods[method], trial, groups=self.groups)
+        recipe = deep_merge(self.spec.base_recipe(), patch)
+        recipe["train"]["test"] = False
+        return recipe
 
 
 def _short(value: Any) -> str:

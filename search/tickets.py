@@ -12,25 +12,37 @@ Optuna records heartbeats only inside ``Study.optimize``; since a claimed trial 
 it, :class:`Heartbeat` does the same job: while a trial runs, its heartbeat is written every
 ``heartbeat_interval`` seconds, so a worker that dies leaves a trial that goes stale, is
 failed by :func:`optuna.storages.fail_stale_trials` and re-enqueued by the storage's retry
-callback (a new ticket).
+callback (a new ticket). :class:`Dispatcher` reaps as Optuna does, before claiming (at most
+once per heartbeat interval), and a worker that finds no ticket while another worker's trial
+is RUNNING waits one grace period for it to finish or to go stale and come back as a retry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
+import contextlib
+import copy
+import logging
+import math
 import threading
+import time
 from types import TracebackType
 from typing import Any
-import warnings
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages._cached_storage import _CachedStorage
+from optuna.storages._cached_storage import _StudyInfo
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 
 TICKETS_ATTR = "tether:tickets"
+
+_log = logging.getLogger(__name__)
 
 
 def enqueue_tickets(
@@ -54,8 +66,21 @@ def waiting(study: optuna.Study) -> int:
 
 
 def claim(study: optuna.Study) -> optuna.Trial | None:
-    """Take one WAITING trial for this worker, or ``None`` if every ticket is taken."""
+    """Take one WAITING trial for this worker, or ``None`` if every ticket is taken.
+
+    On a server storage this is one short transaction
+    (:meth:`search.storage.ResilientRDBStorage.claim_waiting`); elsewhere the WAITING trials
+    are read and tried in turn until one moves to RUNNING.
+    """
     storage = study._storage  # the storage API is public; Study only hides the handle
+    claim_waiting = getattr(_backend(storage), "claim_waiting", None)
+    if claim_waiting is not None:
+        trial_id = claim_waiting(study._study_id)
+        if trial_id is None:
+            return None
+        trial = optuna.Trial(study, trial_id)
+        _show_cache(storage, study._study_id, trial._cached_frozen_trial)
+        return trial
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
@@ -65,8 +90,41 @@ def claim(study: optuna.Study) -> optuna.Trial | None:
     return None
 
 
+def _backend(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
+    """The storage itself, not the cache ``optuna.load_study`` wraps an RDBStorage in."""
+    backend: optuna.storages.BaseStorage = getattr(storage, "_backend", storage)
+    return backend
+
+
+def _show_cache(storage: optuna.storages.BaseStorage, study_id: int, frozen: FrozenTrial) -> None:
+    """Show a trial claimed past it to the cache ``optuna.load_study`` puts in front of an
+    RDBStorage, which refuses to set parameters of a trial it has not read. It is added as
+    the cache adds the trials it reads: unfinished, so that it is read again next time."""
+    if not isinstance(storage, _CachedStorage):
+        return
+    with storage._lock:
+        info = storage._studies.setdefault(study_id, _StudyInfo())
+        storage._add_trials_to_cache(study_id, [frozen])
+        info.unfinished_trial_ids.add(frozen._trial_id)
+
+
+def heartbeat_timing(storage: optuna.storages.BaseStorage) -> tuple[float, float] | None:
+    """``(interval, grace period)`` in seconds of a storage with heartbeats, else None."""
+    if not isinstance(storage, BaseHeartbeat):
+        return None
+    interval = storage.get_heartbeat_interval()
+    if not interval:
+        return None
+    grace = getattr(_backend(storage), "grace_period", None) or 2 * interval
+    return float(interval), float(grace)
+
+
 class Heartbeat:
-    """Writes a trial's heartbeat every interval while the ``with`` block runs (RDB only)."""
+    """Writes a trial's heartbeat every interval while the ``with`` block runs (RDB only).
+
+    A beat that fails (the server is away longer than the storage retries) is logged and the
+    next one tried at the next interval: the thread never dies while the trial runs.
+    """
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial) -> None:
         storage = study._storage
@@ -84,7 +142,10 @@ class Heartbeat:
 
         def beat() -> None:
             while not self._stop.wait(interval):
-                storage.record_heartbeat(self._trial_id)
+                try:
+                    storage.record_heartbeat(self._trial_id)
+                except Exception as error:
+                    _log.warning("tether: a heartbeat failed (%s)", error)
 
         self._thread = threading.Thread(target=beat, name="tether-heartbeat", daemon=True)
         self._thread.start()
@@ -102,10 +163,110 @@ class Heartbeat:
 
 
 def reap(study: optuna.Study) -> int:
-    """Fail this study's stale RUNNING trials (and retry them); returns how many were failed."""
-    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    return len(before - after)
+    """Fail this study's stale RUNNING trials (and retry them); returns how many were failed.
+
+    What :func:`optuna.storages.fail_stale_trials` does, counting only the trials this call
+    failed (another reaper may fail some of them first; workers finish others meanwhile).
+    """
+    storage = study._storage
+    if heartbeat_timing(storage) is None:
+        return 0
+    assert isinstance(storage, BaseHeartbeat)
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        with contextlib.suppress(UpdateFinishedTrialError):  # another reaper was faster
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(trial_id)
+    callback = storage.get_heartbeat_stale_trial_callback()
+    if callback is not None:
+        for trial_id in failed:
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
+    return len(failed)
+
+
+class Dispatcher:
+    """Hands the tickets of several studies to the slots of one worker process, in order.
+
+    :meth:`next` claims a ticket of the first study that has one. Before claiming it reaps
+    stale trials (at most once per heartbeat interval, as ``Study.optimize`` does before each
+    trial), so a dead worker's trial comes back as a ticket while the others work. When no
+    ticket is left but a trial that is not this process's still runs, it waits: that trial
+    either finishes, or its worker is dead and it goes stale within the grace period and is
+    retried here. Storages without heartbeats (SQLite, journal) never wait.
+
+    Thread-safe: claims are serialised (SQLite prefers one writer), the waiting is not.
+
+    Args:
+        studies: the studies, in the order their tickets are taken.
+        poll: seconds between two looks while waiting (a query for the RUNNING trials).
+    """
+
+    def __init__(self, studies: Sequence[optuna.Study], *, poll: float = 2.0) -> None:
+        self.studies = list(studies)
+        self.poll = poll
+        self._lock = threading.Lock()
+        self._mine: set[int] = set()
+        self._last_reap = -math.inf
+        storage = self.studies[0]._storage if self.studies else None
+        self._timing = None if storage is None else heartbeat_timing(storage)
+
+    def next(
+        self,
+        *,
+        stop: threading.Event,
+        skip: Callable[[int], bool] = lambda index: False,
+    ) -> tuple[int, optuna.Trial] | None:
+        """The index of a study and a trial claimed from it; None once no ticket is left
+        (or ``stop`` is set). Studies for which ``skip(index)`` is true are passed over.
+
+        Call :meth:`done` with the trial once it is told.
+        """
+        waited_until: float | None = None
+        while not stop.is_set():
+            with self._lock:
+                if stop.is_set():
+                    return None
+                self._reap_if_due()
+                others = False
+                for index, study in enumerate(self.studies):
+                    if skip(index):
+                        continue
+                    trial = claim(study)
+                    if trial is not None:
+                        self._mine.add(trial._trial_id)
+                        return index, trial
+                    others = others or self._others_running(study)
+            if not others or self._timing is None:
+                return None
+            interval, grace = self._timing
+            now = time.monotonic()
+            waited_until = waited_until or now + grace + interval
+            if now >= waited_until:
+                return None
+            stop.wait(min(self.poll, interval, waited_until - now))
+        return None
+
+    def done(self, trial: optuna.Trial) -> None:
+        """``trial`` is finished: it no longer counts as this process's running trial."""
+        with self._lock:
+            self._mine.discard(trial._trial_id)
+
+    def _others_running(self, study: optuna.Study) -> bool:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return any(t._trial_id not in self._mine for t in running)
+
+    def _reap_if_due(self) -> None:
+        if self._timing is None:
+            return
+        now = time.monotonic()
+        if now - self._last_reap < self._timing[0]:
+            return
+        self._last_reap = now
+        for study in self.studies:
+            failed = reap(study)
+            if failed:
+                _log.warning(
+                    "tether: [%s] %d stale trial(s) of dead workers failed and retried",
+                    study.study_name,
+                    failed,
+                )

@@ -128,6 +128,9 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="tether-orphan-guard", daemon=True).start()
 
 
+FAILURES = (None, "memory", "kill", "exit")  # what the trivial target's ``fail`` may be
+
+
 def trivial_accuracy(x: float, epoch: int) -> float:
     """The trivial target's validation accuracy: ``exp(-(x - 0.5)^2) * (1 - 2^-epoch)``.
 
@@ -152,6 +155,11 @@ def trivial_target(
     ``val_accuracy = trivial_accuracy(x, epoch)``, then ``result``; or ``stopped`` and exit
     code 143 once ``should_stop()`` turns true.
 
+    ``recipe["fail"]`` makes it fail the way a real run can, at epoch ``recipe["fail_epoch"]``
+    (default 1), after that epoch's sleep: ``"memory"`` raises :class:`MemoryError` (host
+    memory exhausted), ``"kill"`` sends itself SIGKILL (what the kernel's OOM killer does: no
+    event, no traceback), ``"exit"`` exits with code 1 and no event.
+
     Example:
         >>> with Launcher() as launcher:  # doctest: +SKIP
         ...     trial = launcher.start(
@@ -166,6 +174,10 @@ def trivial_target(
     epochs = int(recipe.get("epochs", 1))
     x = float(recipe.get("x", 0.0))
     pause = float(recipe.get("sleep", 0.0))
+    fail = recipe.get("fail")
+    if fail not in FAILURES:
+        raise ValueError(f"fail must be one of {', '.join(map(str, FAILURES))}, got {fail!r}")
+    fail_epoch = int(recipe.get("fail_epoch", 1))
     emit(
         {
             "event": "start",
@@ -181,6 +193,8 @@ def trivial_target(
         if _sleep_unless_stopped(pause, should_stop):
             emit({"event": "stopped", "epoch": epoch - 1})
             return EXIT_STOPPED
+        if fail is not None and epoch == fail_epoch:
+            _fail(fail)
         accuracy = trivial_accuracy(x, epoch)
         emit(
             {
@@ -195,6 +209,16 @@ def trivial_target(
         {"event": "result", "val_accuracy": accuracy, "test_accuracy": accuracy, "epochs": epochs}
     )
     return EXIT_OK
+
+
+def _fail(how: str) -> None:
+    """Fail as ``how`` says (see :func:`trivial_target`)."""
+    sys.stdout.flush()
+    if how == "memory":
+        raise MemoryError("trivial: out of memory (simulated)")
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(EXIT_FAILED)
 
 
 def _sleep_unless_stopped(seconds: float, should_stop: Callable[[], bool]) -> bool:

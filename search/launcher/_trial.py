@@ -286,6 +286,13 @@ class TrialProcess:
                     self._stream.lock.release()
             time.sleep(step)
 
+    def terminate(self) -> None:
+        """Send the trial SIGTERM and return at once (the first half of :meth:`stop`): the
+        worker finishes its batch and emits ``stopped``. Stopping many trials together is
+        :meth:`terminate` on each, then :meth:`stop` (or :meth:`kill`) on those still running.
+        """
+        self._signal(signal.SIGTERM, group=False)
+
     def kill(self) -> None:
         """SIGKILL the trial and its whole process group; then call :meth:`wait`."""
         self._signal(signal.SIGKILL, group=True)
