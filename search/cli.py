@@ -19,6 +19,7 @@ import sys
 import threading
 from types import FrameType
 from typing import Any
+from typing import NoReturn
 
 from finetune import __version__
 from finetune.errors import ConfigError
@@ -144,8 +145,15 @@ def _group_table(recipe: Any) -> str:
 COMMANDS: dict[str, Command] = {c.name: c for c in (FinetuneCommand(), *SEARCH_COMMANDS)}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (the usage block is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"tether: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tether",
         description="Search the radii that keep a fine-tuned network close to its "
         "pretrained weights (MARS-PGM and its baselines), with Optuna.",
@@ -153,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
     storage_help = "Optuna storage URL (default: $TETHER_STORAGE, else sqlite:///tether.db)"
     parser.add_argument("--storage", default=None, help=storage_help)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     for name, command in COMMANDS.items():
         doc = inspect.getdoc(command) or ""
         child = sub.add_parser(

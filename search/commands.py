@@ -78,9 +78,9 @@ def _load(args: argparse.Namespace) -> list[StudySpec]:
 
 
 def _open(args: argparse.Namespace) -> tuple[list[StudySpec], optuna.storages.BaseStorage]:
-    """:func:`_load`, then the storage."""
+    """:func:`_load`, then the storage, which must exist already."""
     specs = _load(args)
-    return specs, open_storage(resolve_url(args.storage))
+    return specs, open_storage(resolve_url(args.storage), create=False)
 
 
 def _announce(args: argparse.Namespace) -> None:
@@ -174,7 +174,7 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
     groups = {spec.name: model_groups(spec) for spec in specs}
     if create:
         _preflight(specs)
-    storage = open_storage(resolve_url(args.storage))
+    storage = open_storage(resolve_url(args.storage), create=create)
     if create:  # every condition first, so that workers elsewhere can join any of them
         for spec in specs:
             create_studies(spec, storage, methods=methods, groups=groups[spec.name])
@@ -451,7 +451,7 @@ class DashboardCommand(Command):
                 "optuna-dashboard is not installed; pip install tether[dashboard]"
             ) from None
         url = resolve_url(args.storage)
-        storage = open_storage(url)
+        storage = open_storage(url, create=False)
         print(
             f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/",
             file=sys.stderr,

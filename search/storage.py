@@ -103,7 +103,9 @@ class StorageOptions:
 
     A process holds at most ``pool_size + max_overflow`` connections; ``application_name``
     names them in ``pg_stat_activity``. A statement cut off by a lost connection is retried for
-    up to ``reconnect_timeout`` seconds before the error is raised.
+    up to ``reconnect_timeout`` seconds before the error is raised. A new connection waits
+    ``connect_timeout`` seconds for the server at most (libpq waits forever by default, e.g.
+    for a host behind a firewall that drops packets); a URL's own ``connect_timeout=`` wins.
     """
 
     heartbeat_interval: int = 30
@@ -113,9 +115,10 @@ class StorageOptions:
     max_overflow: int = 0
     application_name: str = APPLICATION_NAME
     reconnect_timeout: float = 60.0
+    connect_timeout: int = 10
 
     def __post_init__(self) -> None:
-        for key in ("heartbeat_interval", "grace_period", "pool_size"):
+        for key in ("heartbeat_interval", "grace_period", "pool_size", "connect_timeout"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)!r}")
         for key in ("max_retry", "max_overflow", "reconnect_timeout"):
@@ -124,8 +127,8 @@ class StorageOptions:
 
     @classmethod
     def from_env(cls) -> StorageOptions:
-        """Defaults, overridden by ``$TETHER_HEARTBEAT_INTERVAL``, ``$TETHER_GRACE_PERIOD``
-        and ``$TETHER_RECONNECT_TIMEOUT``."""
+        """Defaults, overridden by ``$TETHER_HEARTBEAT_INTERVAL``, ``$TETHER_GRACE_PERIOD``,
+        ``$TETHER_RECONNECT_TIMEOUT`` and ``$TETHER_CONNECT_TIMEOUT``."""
         defaults = cls()
         try:
             return cls(
@@ -136,11 +139,14 @@ class StorageOptions:
                 reconnect_timeout=float(
                     os.environ.get("TETHER_RECONNECT_TIMEOUT", defaults.reconnect_timeout)
                 ),
+                connect_timeout=int(
+                    os.environ.get("TETHER_CONNECT_TIMEOUT", defaults.connect_timeout)
+                ),
             )
         except ValueError as error:
             raise ConfigError(
-                "TETHER_HEARTBEAT_INTERVAL / TETHER_GRACE_PERIOD / TETHER_RECONNECT_TIMEOUT: "
-                f"{error}"
+                "TETHER_HEARTBEAT_INTERVAL / TETHER_GRACE_PERIOD / TETHER_RECONNECT_TIMEOUT / "
+                f"TETHER_CONNECT_TIMEOUT: {error}"
             ) from None
 
 
@@ -158,9 +164,12 @@ def resolve_url(url: str | None) -> str:
 
 
 def open_storage(
-    url: str, *, options: StorageOptions | None = None
+    url: str, *, options: StorageOptions | None = None, create: bool = True
 ) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the Optuna storage behind ``url``.
+
+    With ``create=False`` (every verb but ``tether run``) a SQLite or journal file that does
+    not exist is an error rather than a new, empty storage: a typo must not create files.
 
     A server URL gives a :class:`ResilientRDBStorage` with a bounded pool (see the module's
     docstring), a SQLite URL a plain :class:`~optuna.storages.RDBStorage`, ``journal:PATH`` a
@@ -177,6 +186,8 @@ def open_storage(
             raise ConfigError(
                 "a journal storage needs a file: journal:./tether.journal", kind="storage"
             )
+        if not create and not os.path.exists(path):
+            raise ConfigError(_no_file(url, path), kind="storage")
         return JournalStorage(JournalFileBackend(path))
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
@@ -191,6 +202,10 @@ def open_storage(
             "journal:./tether.journal or postgresql+psycopg://user@host/db",
             kind="storage",
         )
+    if not create and scheme.startswith("sqlite"):
+        database = sqlalchemy.make_url(url).database
+        if database and database != ":memory:" and not os.path.exists(database):
+            raise ConfigError(_no_file(url, database), kind="storage")
     try:
         with warnings.catch_warnings():
             # heartbeats and their retry callback are "experimental" since Optuna 2.8/2.9.
@@ -214,6 +229,10 @@ def open_storage(
         ) from None
 
 
+def _no_file(url: str, path: str) -> str:
+    return f"storage {mask_url(url)}: no such file {path}; tether run creates it"
+
+
 def _server(url: str, scheme: str, options: StorageOptions) -> ResilientRDBStorage:
     engine_kwargs: dict[str, Any] = {
         "pool_pre_ping": True,
@@ -223,6 +242,8 @@ def _server(url: str, scheme: str, options: StorageOptions) -> ResilientRDBStora
     }
     if scheme.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"application_name": options.application_name}
+        if "connect_timeout=" not in url:
+            engine_kwargs["connect_args"]["connect_timeout"] = options.connect_timeout
     return ResilientRDBStorage(
         url,
         engine_kwargs=engine_kwargs,

@@ -378,9 +378,6 @@ _NO_STUDY = (
     "search/commands.py {verb}: a spec none of whose studies exist is not an error "
     "(exit 0, {what})"
 )
-_ARGPARSE = (
-    "search/cli.py build_parser: argparse prints the usage (several lines) before its error"
-)
 
 CASES = [
     # --- study specs (tether run, against the storage holding the spec's studies)
@@ -470,7 +467,7 @@ CASES = [
           "--methods", "'delta'"),
     _case("flag-not-an-integer", FLAGS,
           lambda c: c.run(str(c.world.spec), "--trials-per-device", "two"),
-          "--trials-per-device", "'two'", xfail=_ARGPARSE),
+          "--trials-per-device", "'two'"),
     # --- datasets (tether finetune of a folder recipe)
     _case("data-root-missing", DATA, lambda c: c.folder_recipe(c.tmp / "absent"),
           "data.root", "absent", "does not exist"),
@@ -515,9 +512,7 @@ CASES = [
           lambda c: ["status", str(c.world.spec), "--storage",
                      f"postgresql+psycopg://root:{SECRET}@{c.silent_host()}/test"],
           "timeout",
-          postgres=True, max_seconds=3.5, env=(("TETHER_CONNECT_TIMEOUT", "2"),),
-          xfail="search/storage.py open_storage sets no connect_timeout: libpq waits for a "
-          "silent host forever (here until the test's server drops the connection)"),
+          postgres=True, max_seconds=3.5, env=(("TETHER_CONNECT_TIMEOUT", "2"),)),
     _case("storage-unknown-scheme", STORAGE,
           lambda c: ["status", str(c.world.spec), "--storage", "redis://127.0.0.1/0"],
           "redis://127.0.0.1/0", "not a storage URL"),
@@ -528,14 +523,12 @@ CASES = [
     _case("storage-sqlite-folder-missing", STORAGE,
           lambda c: ["compare", str(c.world.spec), "--storage",
                      f"sqlite:///{c.tmp}/absent/tether.db"],
-          "absent/tether.db", "unable to open database file"),
+          "absent/tether.db", "no such file"),
     _case("storage-journal-without-file", STORAGE,
           lambda c: ["status", str(c.world.spec), "--storage", "journal:"], "needs a file"),
     _case("storage-sqlite-file-missing", STORAGE,
           lambda c: ["status", str(c.world.spec), "--storage", f"sqlite:///{c.tmp}/typo.db"],
-          "typo.db",
-          xfail="search/storage.py open_storage creates a new SQLite file for a verb that "
-          "only reads (status, compare, report, evaluate, worker, reap)"),
+          "typo.db", "no such file"),
     # --- studies that are not in the storage
     _case("study-unknown-compare", STUDY,
           lambda c: ["compare", c.spec(name=f"{c.world.name}-other"), "--storage", c.url],
