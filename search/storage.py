@@ -43,6 +43,7 @@ from collections.abc import Callable
 from collections.abc import Container
 from collections.abc import Sequence
 import contextlib
+import copy
 from dataclasses import dataclass
 from datetime import datetime
 import fcntl
@@ -588,7 +589,7 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
 
     Before it creates the retry it looks for one already made for this failure (a trial whose
     ``retry_history`` ends with the failed trial's number), so a lost reply never enqueues a
-    ticket twice.
+    ticket twice. The failed run's user attributes (recipe, curve, error) stay on it.
     """
 
     def __init__(self, *, max_retry: int | None, reconnect_timeout: float) -> None:
@@ -596,6 +597,13 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
         self.reconnect_timeout = reconnect_timeout
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        # The retry starts clean: only tether's own markers (``tether:known_good``) carry
+        # over, not the failed run's recipe, curve and error, which would outlive a success.
+        template = copy.copy(trial)
+        template.user_attrs = {
+            k: v for k, v in trial.user_attrs.items() if k.startswith("tether:")
+        }
+
         def retried() -> bool | None:
             for other in study.get_trials(deepcopy=False):
                 if other.system_attrs.get("retry_history", [])[-1:] == [trial.number]:
@@ -604,7 +612,7 @@ class RetryStaleTrial(RetryHeartbeatStaleTrialCallback):
 
         def enqueue() -> bool:
             if not retried():
-                RetryHeartbeatStaleTrialCallback.__call__(self, study, trial)
+                RetryHeartbeatStaleTrialCallback.__call__(self, study, template)
             return True
 
         retry_transient(enqueue, timeout=self.reconnect_timeout, recover=retried)

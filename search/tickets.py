@@ -30,6 +30,7 @@ import threading
 import time
 from types import TracebackType
 from typing import Any
+import warnings
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -38,6 +39,9 @@ from optuna.storages._cached_storage import _StudyInfo
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
+
+from search.storage import RetryStaleTrial
+from search.storage import StorageOptions
 
 
 TICKETS_ATTR = "tether:tickets"
@@ -48,16 +52,39 @@ _log = logging.getLogger(__name__)
 def enqueue_tickets(
     study: optuna.Study, *, n_trials: int, known: Sequence[Mapping[str, Any]] = ()
 ) -> int:
-    """Enqueue the budget once per study (a second call does nothing); returns the count."""
+    """Enqueue the budget once per study; returns how many tickets this call enqueued.
+
+    The study is marked only when the whole budget is in, so a creation cut short (a crash, a
+    retried Kubernetes Job) is completed by the next call, never enqueued twice: the tickets
+    already there count. Two creators racing on a new study can still both enqueue; create
+    once, then start the workers.
+    """
     if TICKETS_ATTR in study.user_attrs:
         return 0
     points = list(known)[:n_trials]
-    for params in points:
-        study.enqueue_trial(dict(params), user_attrs={"tether:known_good": True})
-    for _ in range(n_trials - len(points)):
-        study.enqueue_trial({})
+    already = len(study.get_trials(deepcopy=False))
+    for i in range(already, n_trials):
+        if i < len(points):
+            study.enqueue_trial(dict(points[i]), user_attrs={"tether:known_good": True})
+        else:
+            study.enqueue_trial({})
     study.set_user_attr(TICKETS_ATTR, n_trials)
-    return n_trials
+    return max(0, n_trials - already)
+
+
+def requeue(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> None:
+    """Enqueue a failed trial again, with its parameters (a preempted or interrupted trial).
+
+    Safe to repeat: a retry already made for this trial is not made twice. The retry carries
+    Optuna's ``failed_trial`` and ``retry_history`` system attributes, as a heartbeat retry.
+    """
+    if isinstance(trial, optuna.Trial):
+        trial = study._storage.get_trial(trial._trial_id)
+    options = StorageOptions.from_env()
+    with warnings.catch_warnings():  # Optuna calls its retry callbacks experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryStaleTrial(max_retry=None, reconnect_timeout=options.reconnect_timeout)
+    retry(study, trial)
 
 
 def waiting(study: optuna.Study) -> int:

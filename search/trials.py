@@ -44,6 +44,7 @@ from finetune.worker import EXIT_STOPPED
 from search.launcher import Launcher
 from search.launcher import TrialProcess
 from search.tickets import Heartbeat
+from search.tickets import requeue
 
 
 _log = logging.getLogger(__name__)
@@ -289,6 +290,9 @@ def run_claimed(
             told, outcome = tell_once(study, trial, state=TrialState.PRUNED), str(pruned)
         except TrialFailed as failed:
             told, outcome = tell_once(study, trial, state=TrialState.FAIL), f"FAILED ({failed})"
+            if told and stopped() is not None:  # preempted, not broken: the budget keeps it
+                requeue(study, trial)
+                outcome += "; enqueued again for the next worker"
         except UpdateFinishedTrialError:
             told, outcome = False, "stopped"
         except BaseException:

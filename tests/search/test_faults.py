@@ -346,11 +346,22 @@ class _Search:
         _wait_for(training, 120, f"{self.name}: no trial started training")
 
     def trial(self) -> optuna.trial.FrozenTrial:
+        """The interrupted trial, after checking that it was enqueued again, clean."""
         study = optuna.load_study(
             study_name=f"{self.name}/standard", storage=open_storage(self.url)
         )
-        (trial,) = study.get_trials(deepcopy=False)
+        trial, retry = study.get_trials(deepcopy=False)
+        assert retry.state == TrialState.WAITING  # the budget keeps the preempted trial
+        assert retry.params == trial.params
+        assert retry.system_attrs["retry_history"] == [trial.number]
+        assert "error" not in retry.user_attrs
         return trial
+
+
+def _interruptible() -> None:
+    """Ctrl-C as at a terminal: a test run in the background (``cmd &``, a CI job) starts
+    with SIGINT ignored, Python then leaves it ignored, and the SIGINT tests would hang."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="module")
@@ -377,6 +388,7 @@ def searches(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=_interruptible,
         )  # fmt: skip
         started[name] = _Search(name, url, process)
     yield started

@@ -20,6 +20,7 @@ from search.tickets import Heartbeat
 from search.tickets import claim
 from search.tickets import enqueue_tickets
 from search.tickets import reap
+from search.tickets import requeue
 from search.tickets import waiting
 
 
@@ -84,3 +85,29 @@ def test_a_dead_workers_trial_is_failed_and_retried(pg_study: tuple[str, str]) -
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
     assert not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def test_a_cut_short_creation_is_completed_not_enqueued_twice() -> None:
+    study = optuna.create_study()
+    study.enqueue_trial({"x": 1.0}, user_attrs={"tether:known_good": True})  # then it crashed
+    assert enqueue_tickets(study, n_trials=4, known=[{"x": 1.0}, {"x": 2.0}]) == 3
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.WAITING] * 4
+    assert [t.system_attrs["fixed_params"] for t in trials[:2]] == [{"x": 1.0}, {"x": 2.0}]
+    assert enqueue_tickets(study, n_trials=4) == 0
+    assert len(study.trials) == 4
+
+
+def test_requeue_enqueues_a_failed_trial_once_with_its_params_only() -> None:
+    study = optuna.create_study()
+    study.enqueue_trial({}, user_attrs={"tether:known_good": True})
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+    trial.set_user_attr("error", {"kind": "interrupted"})
+    study.tell(trial, state=TrialState.FAIL)
+    requeue(study, trial)
+    requeue(study, trial)  # a repeat (a lost reply) makes no second ticket
+    failed, retry = study.get_trials(deepcopy=False)
+    assert retry.state == TrialState.WAITING
+    assert retry.params == failed.params
+    assert retry.system_attrs["retry_history"] == [failed.number]
+    assert retry.user_attrs == {"tether:known_good": True}
