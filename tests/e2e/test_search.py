@@ -27,6 +27,7 @@ from search.storage import open_storage
 
 
 ROOT = Path(__file__).resolve().parents[2]
+SECRET = "s3cret-pw"
 
 
 def _spec(tmp_path: Path, name: str, **changes: Any) -> Path:
@@ -348,7 +349,12 @@ def _wait_for_studies(url: str, name: str, *, seconds: float = 120) -> None:
 def test_two_workers_on_postgres_split_the_budget(
     pg_spec: tuple[Path, str, str], cache_dir: Path, tmp_path: Path
 ) -> None:
-    spec, url, name = pg_spec
+    spec, plain_url, name = pg_spec
+    # A password in the URL (the test server's trust authentication ignores it) must show
+    # nowhere: not in output, logs, study or trial attributes, nor in the report.
+    scheme, rest = plain_url.split("://", 1)
+    user, host = rest.split("@", 1)
+    url = f"{scheme}://{user.split(':', 1)[0]}:{SECRET}@{host}"
     env = _env(cache_dir)
     first = _start_run(spec, url, cwd=tmp_path, env=env)
     _wait_for_studies(url, name)
@@ -379,6 +385,17 @@ def test_two_workers_on_postgres_split_the_budget(
     assert all(t.state == TrialState.COMPLETE for t in trials)
     workers = {t.user_attrs["worker"] for t in trials}
     assert len(workers) == 2, "both processes ran trials"
+    report = _tether("report", str(spec), "--storage", url, "-o", "r.html", cwd=tmp_path, env=env)
+    assert report.returncode == 0, report.stderr
+    assert "***@" in err  # the storage line, masked
+    shown = [out, err, second.stdout, second.stderr, report.stdout, report.stderr]
+    shown += [p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file()]
+    for method in ("standard", "mars-pgm"):
+        study = optuna.load_study(study_name=f"{name}/{method}", storage=open_storage(url))
+        shown.append(json.dumps(study.user_attrs, default=str))
+        shown += [json.dumps(t.user_attrs, default=str) for t in study.get_trials()]
+        shown += [json.dumps(t.system_attrs, default=str) for t in study.get_trials()]
+    assert not [text for text in shown if SECRET in text]
 
 
 def test_a_killed_worker_is_reaped_and_its_trial_retried(
