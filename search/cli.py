@@ -200,6 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
+    except Exception as error:
+        from search.storage import describe_error
+        from search.storage import is_storage_error
+
+        if not is_storage_error(error):
+            raise
+        # out of reach for longer than the retries wait ($TETHER_RECONNECT_TIMEOUT)
+        print(f"tether: error: the storage failed: {describe_error(error)}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

@@ -257,6 +257,16 @@ def _server(url: str, scheme: str, options: StorageOptions) -> ResilientRDBStora
     )
 
 
+def describe_error(error: BaseException) -> str:
+    """The first line of a storage error (the driver's own message), passwords masked."""
+    return _reason(error)
+
+
+def is_storage_error(error: BaseException) -> bool:
+    """Whether ``error`` came from the storage (SQLAlchemy, the driver, Optuna's wrapper)."""
+    return isinstance(error, sqlalchemy.exc.SQLAlchemyError | StorageInternalError)
+
+
 def _reason(error: BaseException) -> str:
     original = getattr(error, "orig", None) or error
     text = str(original).strip().splitlines()

@@ -8,7 +8,9 @@ from pathlib import Path
 import subprocess
 import sys
 
+from optuna.exceptions import StorageInternalError
 import pytest
+import sqlalchemy.exc
 import yaml
 
 from search.cli import main
@@ -139,3 +141,38 @@ def test_bad_input_is_one_line_and_exit_code_2(
     assert expected in errors[0]
     assert "Traceback" not in captured.err
     assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        sqlalchemy.exc.OperationalError(
+            "SELECT 1", {}, Exception("connection to server at 127.0.0.1 failed\nmore")
+        ),
+        StorageInternalError("An exception is raised during the commit."),
+    ],
+)
+def test_a_storage_lost_for_good_is_one_line_and_exit_1(
+    error: Exception, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from search.cli import COMMANDS
+
+    def fail(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(COMMANDS["status"], "run", fail)
+    assert main(["status", "studies/digits.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tether: error: the storage failed: ")
+    assert len(err.splitlines()) == 1
+
+
+def test_an_unexpected_error_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    from search.cli import COMMANDS
+
+    def fail(args: object) -> int:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(COMMANDS["status"], "run", fail)
+    with pytest.raises(ZeroDivisionError):
+        main(["status", "studies/digits.yaml"])
