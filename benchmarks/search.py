@@ -19,7 +19,10 @@ Reported per storage and number of workers:
   threads, heartbeats included) per trial, and how many calls that was.
 
 PostgreSQL needs ``$TETHER_TEST_POSTGRES_URL`` (or ``--postgres URL``); each configuration
-gets a new study, deleted afterwards. A second table times what the forkserver is for: from
+gets a new study, deleted afterwards. ``--restart-after S --restart CMD`` runs a shell command
+(e.g. ``pg_ctlcluster 15 main restart``) S seconds into every run: the workers must wait for
+the server, reconnect and still run the budget exactly (the run fails its checks otherwise).
+A second table times what the forkserver is for: from
 ``Launcher.start`` to the real worker's ``start`` event for a small digits recipe, forked from
 the server that has torch imported against a fresh ``python -m finetune.worker``.
 """
@@ -35,6 +38,7 @@ from multiprocessing.synchronize import Barrier
 import os
 from pathlib import Path
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -167,8 +171,16 @@ def _worker(url: str, name: str, number: int, start: Barrier, work: str, results
     results.put((runner.done, timed.seconds, timed.calls))
 
 
-def measure(url: str, *, trials: int, workers: int, work: Path) -> dict[str, float]:
-    """Throughput and storage time for ``workers`` processes on a new study of ``trials``."""
+def measure(
+    url: str,
+    *,
+    trials: int,
+    workers: int,
+    work: Path,
+    during: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """Throughput and storage time for ``workers`` processes on a new study of ``trials``;
+    ``during`` runs in a thread once the clock has started (a fault to survive)."""
     name = f"bench-{uuid.uuid4().hex[:8]}"
     storage = open_storage(url)
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
@@ -184,10 +196,13 @@ def measure(url: str, *, trials: int, workers: int, work: Path) -> dict[str, flo
         process.start()
     start.wait()
     started = time.perf_counter()
+    if during is not None:
+        threading.Thread(target=during, daemon=True).start()
     done = [results.get() for _ in processes]
     seconds = time.perf_counter() - started
     for process in processes:
         process.join()
+    study = optuna.load_study(study_name=name, storage=open_storage(url))  # a fresh pool
     finished = study.get_trials(deepcopy=False)
     assert len(finished) == trials, "a ticket was lost or run twice"
     assert sum(d[0] for d in done) == trials
@@ -239,7 +254,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--startup-runs", type=int, default=5, help="0: skip that table")
     parser.add_argument("--postgres", default=os.environ.get("TETHER_TEST_POSTGRES_URL"))
+    parser.add_argument("--restart", default=None, help="a shell command run during each run")
+    parser.add_argument("--restart-after", type=float, default=3.0, metavar="SECONDS")
     args = parser.parse_args(argv)
+    during = None
+    if args.restart:
+        command, delay = args.restart, args.restart_after
+
+        def during() -> None:
+            time.sleep(delay)
+            began = time.perf_counter()
+            subprocess.run(command, shell=True, check=True)
+            print(f"  ({command!r} took {time.perf_counter() - began:.1f} s)", flush=True)
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -262,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for workers in args.workers:
                 if kind == "sqlite" and workers > 1:
                     continue
-                m = measure(url, trials=args.trials, workers=workers, work=work)
+                m = measure(url, trials=args.trials, workers=workers, work=work, during=during)
                 print(
                     f"| {kind} | {workers} | {m['trials_per_second']:.1f} "
                     f"| {m['seconds_per_trial']:.3f} | {m['storage_ms_per_trial']:.0f} "
