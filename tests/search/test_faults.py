@@ -169,7 +169,8 @@ def _kill_mid_trial(
 ) -> int:
     """Start a worker whose trials take a minute, SIGKILL it mid-trial; its trial's number."""
     (slow,) = start_workers(1, url, ["faults"], options=FAST_HEARTBEAT, recipe={"sleep": 60})
-    _wait_for(lambda: bool(_running(study)), 60, "the slow worker never started a trial")
+    # sampled, not only claimed: a trial killed before it sampled has no params to retry with
+    _wait_for(lambda: any(t.params for t in _running(study)), 60, "the slow worker never sampled")
     (trial,) = _running(study)
     assert slow.pid is not None
     os.kill(slow.pid, signal.SIGKILL)
