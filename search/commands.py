@@ -8,6 +8,7 @@ options.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from collections.abc import Sequence
 from pathlib import Path
 import sys
@@ -112,6 +113,18 @@ def _require_studies(
         raise ConfigError(
             f"study {missing[0]} does not exist in {where}{others}; create it with tether run"
         )
+
+
+def _studies(
+    specs: Sequence[StudySpec], storage: optuna.storages.BaseStorage
+) -> Iterator[tuple[str, optuna.Study | None]]:
+    """Every condition's and method's study name, with the study (``None``: not created)."""
+    names = study_names(storage)
+    for spec in specs:
+        for method in spec.methods:
+            name = spec.study_name(method)
+            found = name in names
+            yield name, optuna.load_study(study_name=name, storage=storage) if found else None
 
 
 def _preflight(specs: Sequence[StudySpec]) -> None:
@@ -379,7 +392,6 @@ class StatusCommand(Command):
         specs, storage = _open(args)
         _require_studies(specs, storage, args, every=False)
         _announce(args)
-        names = study_names(storage)
         states = (
             TrialState.COMPLETE,
             TrialState.PRUNED,
@@ -393,12 +405,10 @@ class StatusCommand(Command):
             + " ".join(f"{s.name.lower():>9}" for s in states)
             + "  best val"
         )
-        for spec, method in ((s, m) for s in specs for m in s.methods):
-            name = spec.study_name(method)
-            if name not in names:
+        for name, study in _studies(specs, storage):
+            if study is None:
                 print(f"{name:<{width}} (not created)")
                 continue
-            study = optuna.load_study(study_name=name, storage=storage)
             trials = study.get_trials(deepcopy=False)
             counts = [sum(t.state == s for t in trials) for s in states]
             values = [
@@ -423,12 +433,9 @@ class ReapCommand(Command):
         specs, storage = _open(args)
         _require_studies(specs, storage, args, every=False)
         _announce(args)
-        names = study_names(storage)
-        for spec, method in ((s, m) for s in specs for m in s.methods):
-            if spec.study_name(method) not in names:
-                continue
-            study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
-            print(f"{study.study_name}: {reap(study)} stale trial(s) failed")
+        for name, study in _studies(specs, storage):
+            if study is not None:
+                print(f"{name}: {reap(study)} stale trial(s) failed")
         return 0
 
 
