@@ -84,6 +84,17 @@ def _open(args: argparse.Namespace) -> tuple[list[StudySpec], optuna.storages.Ba
     return specs, open_storage(resolve_url(args.storage), create=False)
 
 
+def _open_studies(
+    args: argparse.Namespace, *, every: bool
+) -> tuple[list[StudySpec], optuna.storages.BaseStorage]:
+    """:func:`_open` for a verb that works on existing studies (see :func:`_require_studies`),
+    then the storage line."""
+    specs, storage = _open(args)
+    _require_studies(specs, storage, args, every=every)
+    _announce(args)
+    return specs, storage
+
+
 def _announce(args: argparse.Namespace) -> None:
     """The storage line, once the input has been checked."""
     print(f"storage: {mask_url(resolve_url(args.storage))}", file=sys.stderr)
@@ -332,10 +343,8 @@ class EvaluateCommand(Command):
         from search.driver import parse_devices
         from search.launcher import Launcher
 
-        specs, storage = _open(args)
+        specs, storage = _open_studies(args, every=True)
         slots = parse_devices(args.devices, args.trials_per_device)
-        _require_studies(specs, storage, args, every=True)
-        _announce(args)
         with Launcher(mode=args.launcher) as launcher:
             _evaluate(specs, storage, launcher, slots, args)
         _print_table(specs, storage, "text")
@@ -354,9 +363,7 @@ class CompareCommand(Command):
         )
 
     def run(self, args: argparse.Namespace) -> int:
-        specs, storage = _open(args)
-        _require_studies(specs, storage, args, every=False)
-        _announce(args)
+        specs, storage = _open_studies(args, every=False)
         _print_table(specs, storage, args.format)
         return 0
 
@@ -371,9 +378,7 @@ class ReportCommand(Command):
         parser.add_argument("--output", "-o", default=None, help="default: <spec>-report.html")
 
     def run(self, args: argparse.Namespace) -> int:
-        specs, storage = _open(args)
-        _require_studies(specs, storage, args, every=False)
-        _announce(args)
+        specs, storage = _open_studies(args, every=False)
         print(_write_report(specs, storage, args.output))
         return 0
 
@@ -389,9 +394,7 @@ class StatusCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from optuna.trial import TrialState
 
-        specs, storage = _open(args)
-        _require_studies(specs, storage, args, every=False)
-        _announce(args)
+        specs, storage = _open_studies(args, every=False)
         states = (
             TrialState.COMPLETE,
             TrialState.PRUNED,
@@ -430,9 +433,7 @@ class ReapCommand(Command):
     def run(self, args: argparse.Namespace) -> int:
         from search.tickets import reap
 
-        specs, storage = _open(args)
-        _require_studies(specs, storage, args, every=False)
-        _announce(args)
+        specs, storage = _open_studies(args, every=False)
         for name, study in _studies(specs, storage):
             if study is not None:
                 print(f"{name}: {reap(study)} stale trial(s) failed")
