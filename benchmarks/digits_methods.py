@@ -3,7 +3,7 @@
     python -m benchmarks.digits_methods --seeds 5            # configs/digits.yaml as is
     python -m benchmarks.digits_methods --set data.noise=none --set data.noise_rate=0
 
-Every run is one in-process fine-tuning (:func:`finetune.run.run`) of the same recipe with
+Every run is one in-process fine-tuning (:func:`tether.finetune.run.run`) of the same recipe with
 the method's overrides; the data split and the training seed both follow the seed.
 Until the search lands these settings are fixed by hand, not tuned.
 """
@@ -16,9 +16,9 @@ import statistics
 import sys
 import time
 
-from finetune.config import read_yaml
-from finetune.recipe import recipe_from_dict
-from finetune.run import run
+from tether.finetune.config import read_yaml
+from tether.finetune.recipe import recipe_from_dict
+from tether.finetune.run import run
 
 
 METHODS: dict[str, list[str]] = {

@@ -45,15 +45,15 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 import torchvision
 
-from finetune.layers import HEAD
-from finetune.regularizers._constraint import DistanceConstraint
-from finetune.regularizers._constraint import Mode
-from finetune.regularizers._l1ball import project_rows_l1
-from finetune.regularizers._plan import DEFAULT_CPU_CHUNK
-from finetune.regularizers._plan import Norm
-from finetune.regularizers._reference import Reference
-from finetune.regularizers._targets import BN_EPS
-from finetune.regularizers._targets import Target
+from tether.finetune.layers import HEAD
+from tether.finetune.regularizers._constraint import DistanceConstraint
+from tether.finetune.regularizers._constraint import Mode
+from tether.finetune.regularizers._l1ball import project_rows_l1
+from tether.finetune.regularizers._plan import DEFAULT_CPU_CHUNK
+from tether.finetune.regularizers._plan import Norm
+from tether.finetune.regularizers._reference import Reference
+from tether.finetune.regularizers._targets import BN_EPS
+from tether.finetune.regularizers._targets import Target
 
 
 RADIUS = 1e-3

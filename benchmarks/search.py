@@ -3,10 +3,10 @@
     python -m benchmarks.search --trials 200 --storages journal postgres --workers 1 2 4 8
 
 Each worker is a separate process, as ``tether worker`` on another machine would be: it opens
-its own storage and runs :class:`search.driver.TicketRunner` (the loop of ``tether worker``)
-on one slot. Each trial takes the whole path of a real one: a ticket is claimed, 5 parameters
-are sampled (TPE, a seed per worker), a worker process is forked, it reports 10 epochs (each
-an intermediate value, with the median pruner consulted), the result and the user attributes
+its own storage and runs :class:`tether.search.execution.driver.TicketRunner` (the loop of ``tether
+worker``) on one slot. Each trial takes the whole path of a real one: a ticket is claimed, 5
+parameters are sampled (TPE, a seed per worker), a worker process is forked, it reports 10 epochs
+(each an intermediate value, with the median pruner consulted), the result and the user attributes
 are stored, the trial is told. Only the fine-tuning is replaced by :func:`_instant_run`, which
 takes no time. The workers start and warm up (imports, storage, forkserver) before the clock
 starts; the clock stops when the last one has found no ticket left.
@@ -24,7 +24,7 @@ gets a new study, deleted afterwards. ``--restart-after S --restart CMD`` runs a
 the server, reconnect and still run the budget exactly (the run fails its checks otherwise).
 A second table times what the forkserver is for: from
 ``Launcher.start`` to the real worker's ``start`` event for a small digits recipe, forked from
-the server that has torch imported against a fresh ``python -m finetune.worker``.
+the server that has torch imported against a fresh ``python -m tether.finetune.worker``.
 """
 
 from __future__ import annotations
@@ -48,14 +48,14 @@ import uuid
 
 import optuna
 
-from search.driver import TicketRunner
-from search.driver import parse_devices
-from search.launcher import Launcher
-from search.launcher import trivial_target
-from search.samplers import SamplerConfig
-from search.samplers import make_sampler
-from search.storage import open_storage
-from search.tickets import enqueue_tickets
+from tether.search.execution.driver import TicketRunner
+from tether.search.execution.driver import parse_devices
+from tether.search.execution.launcher import Launcher
+from tether.search.execution.launcher import trivial_target
+from tether.search.execution.tickets import enqueue_tickets
+from tether.search.samplers import SamplerConfig
+from tether.search.samplers import make_sampler
+from tether.search.storage import open_storage
 
 
 EPOCHS = 10

@@ -9,6 +9,10 @@ from typing import Any
 import pytest
 
 
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository: configs/, studies/ and deploy/ are read from it."""
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("tether-cache")

@@ -17,10 +17,10 @@ from optuna.trial import TrialState
 import pytest
 import yaml
 
-from search.cli import build_parser
+from tests.conftest import ROOT
+from tether.cli import build_parser
 
 
-ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
 SCRIPTS = sorted((DEPLOY / "slurm").glob("*.sbatch"))
@@ -232,7 +232,7 @@ def test_the_create_step_creates_the_studies_and_runs_nothing(
     monkeypatch.setenv("TETHER_STORAGE", url)
     argv = [*command[1:], str(ROOT / "studies" / "digits.yaml"), "--set", "budget.n_trials=2"]
     argv += ["--methods", "standard", "--devices", "cpu", "--log-dir", str(tmp_path / "logs")]
-    from search.cli import main
+    from tether.cli import main
 
     assert main(argv) == 0
     study = optuna.load_study(study_name="digits/standard", storage=url)

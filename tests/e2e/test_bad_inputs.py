@@ -1,8 +1,8 @@
 """Bad input, nothing written: one line naming the problem, exit code 2, storage untouched.
 
 A table of bad inputs across study specs, recipes, CLI flags, datasets, checkpoints and storage
-URLs, each run through the real ``tether`` entry point (:func:`search.cli.main`, in-process for
-speed; two cases through a subprocess, the console script's ``python -m search.cli``). Every
+URLs, each run through the real ``tether`` entry point (:func:`tether.cli.main`, in-process for
+speed; two cases through a subprocess, the console script's ``python -m tether``). Every
 case runs against a storage that already holds a spec's studies (a SQLite file, or PostgreSQL
 for the cases marked so) and checks that:
 
@@ -44,11 +44,11 @@ import sqlalchemy
 import torch
 import yaml
 
-from finetune.models.digits_cnn import DigitsCNN
-from search.cli import main
+from tests.conftest import ROOT
+from tether.cli import main
+from tether.finetune.models.digits_cnn import DigitsCNN
 
 
-ROOT = Path(__file__).resolve().parents[2]
 OPTUNA_TABLES_BY_STUDY = (
     "studies",
     "study_directions",
@@ -119,9 +119,9 @@ def _spec_data(name: str) -> dict[str, Any]:
 
 def _populate(spec_path: Path, url: str) -> None:
     """Create the spec's studies as ``tether run`` does, and finish one trial of each."""
-    from search.driver import create_studies
-    from search.spec import load_spec
-    from search.storage import open_storage
+    from tether.search.execution.driver import create_studies
+    from tether.search.spec import load_spec
+    from tether.search.storage import open_storage
 
     storage = open_storage(url)
     spec = load_spec(str(spec_path))
@@ -624,7 +624,7 @@ def _in_process(argv: list[str], capsys: pytest.CaptureFixture[str]) -> Outcome:
 def _through_console_script(argv: list[str], cwd: Path, env: dict[str, str]) -> Outcome:
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "search.cli", *argv],
+        [sys.executable, "-m", "tether", *argv],
         capture_output=True,
         text=True,
         cwd=cwd,

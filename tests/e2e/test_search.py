@@ -23,10 +23,10 @@ from optuna.trial import TrialState
 import pytest
 import yaml
 
-from search.storage import open_storage
+from tests.conftest import ROOT
+from tether.search.storage import open_storage
 
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-pw"
 
 
@@ -69,7 +69,7 @@ def _tether(
     *args: str, cwd: Path, env: dict[str, str], timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "search.cli", *args],
+        [sys.executable, "-m", "tether", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -120,7 +120,7 @@ def test_run_searches_evaluates_and_reports(finished: tuple[Path, str, Path]) ->
 def test_compare_formats(
     fmt: str, finished: tuple[Path, str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from search.cli import main
+    from tether.cli import main
 
     _, url, spec = finished
     assert main(["compare", str(spec), "--storage", url, "--format", fmt]) == 0
@@ -318,7 +318,7 @@ def _start_run(spec: Path, url: str, *, cwd: Path, env: dict[str, str]) -> subpr
         [
             sys.executable,
             "-m",
-            "search.cli",
+            "tether",
             "run",
             str(spec),
             "--storage",
@@ -362,7 +362,7 @@ def test_two_workers_on_postgres_split_the_budget(
         [
             sys.executable,
             "-m",
-            "search.cli",
+            "tether",
             "worker",
             str(spec),
             "--storage",

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from finetune.layers import LayerGroups
+from tether.finetune.layers import LayerGroups
 
 
 BN_EPS = 1e-6

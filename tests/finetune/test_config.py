@@ -9,17 +9,17 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune.config import apply_overrides
-from finetune.config import from_dict
-from finetune.config import parse_override
-from finetune.config import to_dict
-from finetune.errors import ConfigError
-from finetune.recipe import Recipe
-from finetune.recipe import load_recipe
-from finetune.recipe import recipe_from_dict
-from finetune.regularizers import ConstraintConfig
-from finetune.regularizers import PenaltyConfig
-from finetune.training.config import TrainConfig
+from tether.errors import ConfigError
+from tether.finetune.config import apply_overrides
+from tether.finetune.config import from_dict
+from tether.finetune.config import parse_override
+from tether.finetune.config import to_dict
+from tether.finetune.recipe import Recipe
+from tether.finetune.recipe import load_recipe
+from tether.finetune.recipe import recipe_from_dict
+from tether.finetune.regularizers import ConstraintConfig
+from tether.finetune.regularizers import PenaltyConfig
+from tether.finetune.training.config import TrainConfig
 
 
 def _error(data: dict[str, Any], overrides: tuple[str, ...] = ()) -> str:

@@ -10,19 +10,19 @@ from torch import nn
 from torchvision.models import VisionTransformer
 from torchvision.models import resnet18
 
-from finetune.errors import ConfigError
-from finetune.layers import HEAD
-from finetune.layers import LayerGroups
-from finetune.layers import geometric_radii
-from finetune.layers import layer_groups
-from finetune.layers import parameter_groups
-from finetune.layers import register_groups
-from finetune.layers import summarize_groups
-from finetune.models import BuiltModel
-from finetune.models import ModelConfig
-from finetune.models import build_model
-from finetune.models.digits_cnn import DigitsCNN
 from tests.finetune.conftest import TinyNet
+from tether.errors import ConfigError
+from tether.finetune.layers import HEAD
+from tether.finetune.layers import LayerGroups
+from tether.finetune.layers import geometric_radii
+from tether.finetune.layers import layer_groups
+from tether.finetune.layers import parameter_groups
+from tether.finetune.layers import register_groups
+from tether.finetune.layers import summarize_groups
+from tether.finetune.models import BuiltModel
+from tether.finetune.models import ModelConfig
+from tether.finetune.models import build_model
+from tether.finetune.models.digits_cnn import DigitsCNN
 
 
 @functools.cache

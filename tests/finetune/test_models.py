@@ -1,4 +1,4 @@
-"""Tests for finetune.models: names and weights, head adapters, checkpoints, downloads.
+"""Tests for tether.finetune.models: names and weights, head adapters, checkpoints, downloads.
 
 Nothing here touches the network: pretrained weights are faked by patching the weights enum's
 ``get_state_dict``, which is what torchvision calls to download them.
@@ -20,22 +20,22 @@ from torch import nn
 from torchvision.models import ResNet18_Weights
 from torchvision.models import resnet18
 
-from finetune.errors import ConfigError
-from finetune.models import HEADS
-from finetune.models import BuiltModel
-from finetune.models import HeadAdapter
-from finetune.models import LocalModel
-from finetune.models import ModelConfig
-from finetune.models import build_model
-from finetune.models import list_head_families
-from finetune.models import list_models
-from finetune.models import register_head_adapter
-from finetune.models import register_local_model
-from finetune.models import weights_choices
-from finetune.models.digits_cnn import DigitsCNN
-from finetune.models.heads import head_adapter
-from finetune.models.zoo import create_model
-from finetune.models.zoo import model_class
+from tether.errors import ConfigError
+from tether.finetune.models import HEADS
+from tether.finetune.models import BuiltModel
+from tether.finetune.models import HeadAdapter
+from tether.finetune.models import LocalModel
+from tether.finetune.models import ModelConfig
+from tether.finetune.models import build_model
+from tether.finetune.models import list_head_families
+from tether.finetune.models import list_models
+from tether.finetune.models import register_head_adapter
+from tether.finetune.models import register_local_model
+from tether.finetune.models import weights_choices
+from tether.finetune.models.digits_cnn import DigitsCNN
+from tether.finetune.models.heads import head_adapter
+from tether.finetune.models.zoo import create_model
+from tether.finetune.models.zoo import model_class
 
 
 # One small model per head family, with a working resolution it accepts. A new family must add

@@ -15,21 +15,21 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from finetune.data import Split
-from finetune.errors import ConfigError
-from finetune.recipe import recipe_from_dict
-from finetune.regularizers import NoConstraint
-from finetune.regularizers import NoPenalty
-from finetune.run import run
-from finetune.training.config import TrainConfig
-from finetune.training.loop import Device
-from finetune.training.loop import EpochStats
-from finetune.training.loop import Trainer
-from finetune.training.relabel import LabelCorrection
-from finetune.training.relabel import Reweighting
-from finetune.training.relabel import relabel_summary
-from finetune.training.relabel import weighted_loss
 from tests.conftest import tiny_digits_recipe
+from tether.errors import ConfigError
+from tether.finetune.data import Split
+from tether.finetune.recipe import recipe_from_dict
+from tether.finetune.regularizers import NoConstraint
+from tether.finetune.regularizers import NoPenalty
+from tether.finetune.run import run
+from tether.finetune.training.config import TrainConfig
+from tether.finetune.training.loop import Device
+from tether.finetune.training.loop import EpochStats
+from tether.finetune.training.loop import Trainer
+from tether.finetune.training.relabel import LabelCorrection
+from tether.finetune.training.relabel import Reweighting
+from tether.finetune.training.relabel import relabel_summary
+from tether.finetune.training.relabel import weighted_loss
 
 
 def _log(probs: list[list[float]]) -> torch.Tensor:

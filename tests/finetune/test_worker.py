@@ -18,7 +18,7 @@ def _worker(recipe: object, cache_dir: Path, tmp_path: Path) -> subprocess.Popen
     path.write_text(json.dumps(recipe))
     env = {**os.environ, "TETHER_CACHE_DIR": str(cache_dir), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "finetune.worker", str(path)],
+        [sys.executable, "-m", "tether.finetune.worker", str(path)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -66,7 +66,7 @@ def test_bad_input_is_an_error_event_and_exit_code_2(cache_dir: Path, tmp_path: 
 def test_invalid_json_on_stdin_is_bad_input(cache_dir: Path) -> None:
     env = {**os.environ, "TETHER_CACHE_DIR": str(cache_dir)}
     done = subprocess.run(
-        [sys.executable, "-m", "finetune.worker", "-"],
+        [sys.executable, "-m", "tether.finetune.worker", "-"],
         input="{not json",
         capture_output=True,
         text=True,

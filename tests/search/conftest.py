@@ -82,18 +82,19 @@ def work_tickets(
     """One worker process: ``tether worker`` without the spec, on trivial trials.
 
     It opens its own storage (``StorageOptions(**options)``), loads the studies ``names`` with
-    a random sampler and runs their tickets with :class:`search.driver.TicketRunner`, whose
-    trials run :func:`search.launcher.trivial_target` on ``recipe`` plus a sampled ``x``. At
+    a random sampler and runs their tickets with
+    :class:`tether.search.execution.driver.TicketRunner`, whose trials run
+    :func:`tether.search.execution.launcher.trivial_target` on ``recipe`` plus a sampled ``x``. At
     the end it writes how many trials it ran to ``log_dir/ran-<pid>.txt``.
     """
     import logging
 
-    from search.driver import TicketRunner
-    from search.driver import parse_devices
-    from search.launcher import Launcher
-    from search.launcher import trivial_target
-    from search.storage import StorageOptions
-    from search.storage import open_storage
+    from tether.search.execution.driver import TicketRunner
+    from tether.search.execution.driver import parse_devices
+    from tether.search.execution.launcher import Launcher
+    from tether.search.execution.launcher import trivial_target
+    from tether.search.storage import StorageOptions
+    from tether.search.storage import open_storage
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,8 +1,9 @@
 """Faults: lost connections, killed workers, dying trials, signals, a shared SQLite file.
 
-Worker processes are spawned interpreters running :class:`search.driver.TicketRunner` (the
-loop of ``tether worker`` without the spec) on :func:`search.launcher.trivial_target`; the
-signal tests run the real ``tether`` command on a tiny digits spec.
+Worker processes are spawned interpreters running
+:class:`tether.search.execution.driver.TicketRunner` (the loop of ``tether worker`` without the
+spec) on :func:`tether.search.execution.launcher.trivial_target`; the signal tests run the real
+``tether`` command on a tiny digits spec.
 """
 
 from __future__ import annotations
@@ -28,21 +29,21 @@ import pytest
 import sqlalchemy.exc
 import yaml
 
-from search.driver import TicketRunner
-from search.driver import parse_devices
-from search.launcher import Launcher
-from search.launcher import trivial_target
-from search.storage import StorageOptions
-from search.storage import open_storage
-from search.tickets import claim
-from search.tickets import enqueue_tickets
-from search.tickets import reap
-from search.trials import tell_once
+from tests.conftest import ROOT
 from tests.search.conftest import pg_connect
 from tests.search.conftest import trials_ran
+from tether.search.execution.driver import TicketRunner
+from tether.search.execution.driver import parse_devices
+from tether.search.execution.launcher import Launcher
+from tether.search.execution.launcher import trivial_target
+from tether.search.execution.tickets import claim
+from tether.search.execution.tickets import enqueue_tickets
+from tether.search.execution.tickets import reap
+from tether.search.execution.trials import tell_once
+from tether.search.storage import StorageOptions
+from tether.search.storage import open_storage
 
 
-ROOT = Path(__file__).resolve().parents[2]
 FAST_HEARTBEAT: dict[str, Any] = {"heartbeat_interval": 1, "grace_period": 2}
 
 
@@ -134,10 +135,10 @@ def test_a_tell_whose_reply_is_lost_is_recorded_once(
 def test_a_claim_whose_reply_is_lost_is_kept_not_repeated(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import search.storage
+    import tether.search.storage
 
     study = _study(pg_database, 3)
-    real = search.storage._rdb_session
+    real = tether.search.storage._rdb_session
     lost: list[bool] = []
 
     @contextlib.contextmanager
@@ -148,7 +149,7 @@ def test_a_claim_whose_reply_is_lost_is_kept_not_repeated(
             lost.append(True)
             raise _lost_reply()
 
-    monkeypatch.setattr(search.storage, "_rdb_session", committed_then_lost)
+    monkeypatch.setattr(tether.search.storage, "_rdb_session", committed_then_lost)
     trial = claim(study)
     monkeypatch.undo()
     assert lost
@@ -284,9 +285,9 @@ def _spec(tmp_path: Path, name: str, epochs: int = 100_000) -> Path:
 def test_a_second_process_on_one_sqlite_file_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from search.cli import main
-    from search.driver import create_studies
-    from search.spec import load_spec
+    from tether.cli import main
+    from tether.search.execution.driver import create_studies
+    from tether.search.spec import load_spec
 
     spec = _spec(tmp_path, "shared", epochs=1)  # were it not refused, it would end soon
     url = f"sqlite:///{tmp_path}/shared.db"
@@ -296,7 +297,7 @@ def test_a_second_process_on_one_sqlite_file_is_refused(
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from search.storage import hold_single_process, open_storage\n"
+            "from tether.search.storage import hold_single_process, open_storage\n"
             "hold_single_process(open_storage(sys.argv[1]))\n"
             "print('held', flush=True)\n"
             "time.sleep(60)\n",
@@ -370,8 +371,8 @@ def searches(
     tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
 ) -> Iterator[dict[str, _Search]]:
     """Three searches started together (their start, seconds of imports each, overlaps)."""
-    from search.driver import create_studies
-    from search.spec import load_spec
+    from tether.search.execution.driver import create_studies
+    from tether.search.spec import load_spec
 
     work = tmp_path_factory.mktemp("signals")
     started = {}
@@ -382,7 +383,7 @@ def searches(
             create_studies(load_spec(str(spec)), open_storage(url), groups=["block1"])
         extra = ["--no-evaluate", "--no-report"] if verb == "run" else []
         process = subprocess.Popen(
-            [sys.executable, "-m", "search.cli", verb, str(spec), "--storage", url,
+            [sys.executable, "-m", "tether", verb, str(spec), "--storage", url,
              "--devices", "cpu", *extra],
             cwd=work,
             env={**os.environ, "TETHER_CACHE_DIR": str(cache_dir)},

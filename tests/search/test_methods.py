@@ -3,32 +3,31 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 
-from finetune.config import read_yaml
-from finetune.errors import ConfigError
-from finetune.recipe import Recipe
-from finetune.recipe import recipe_from_dict
-from search.methods import GROUP_MODES
-from search.methods import GroupMode
-from search.methods import Method
-from search.methods import deep_merge
-from search.methods import enqueue_params
-from search.methods import get_method
-from search.methods import list_methods
-from search.methods import register_method
-from search.methods import suggest
-from search.spec import Choice
-from search.spec import FloatRange
-from search.spec import IntRange
-from search.spec import MethodSpace
+from tests.conftest import ROOT
+from tether.errors import ConfigError
+from tether.finetune.config import read_yaml
+from tether.finetune.recipe import Recipe
+from tether.finetune.recipe import recipe_from_dict
+from tether.search.methods import GROUP_MODES
+from tether.search.methods import GroupMode
+from tether.search.methods import Method
+from tether.search.methods import deep_merge
+from tether.search.methods import enqueue_params
+from tether.search.methods import get_method
+from tether.search.methods import list_methods
+from tether.search.methods import register_method
+from tether.search.methods import suggest
+from tether.search.spec import Choice
+from tether.search.spec import FloatRange
+from tether.search.spec import IntRange
+from tether.search.spec import MethodSpace
 
 
-ROOT = Path(__file__).resolve().parents[2]
 GROUPS = ("block1", "block2", "block3")  # the digits CNN's pretrained groups
 RANGES: dict[str, FloatRange | IntRange | Choice] = {
     "lr": FloatRange(1e-4, 1e-2),

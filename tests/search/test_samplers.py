@@ -7,17 +7,17 @@ import warnings
 import optuna
 import pytest
 
-from finetune.config import from_dict
-from finetune.errors import ConfigError
-from search.samplers import PrunerConfig
-from search.samplers import SamplerConfig
-from search.samplers import list_pruners
-from search.samplers import list_samplers
-from search.samplers import make_pruner
-from search.samplers import make_sampler
-from search.samplers import register_pruner
-from search.samplers import register_sampler
-from search.samplers import worker_seed
+from tether.errors import ConfigError
+from tether.finetune.config import from_dict
+from tether.search.samplers import PrunerConfig
+from tether.search.samplers import SamplerConfig
+from tether.search.samplers import list_pruners
+from tether.search.samplers import list_samplers
+from tether.search.samplers import make_pruner
+from tether.search.samplers import make_sampler
+from tether.search.samplers import register_pruner
+from tether.search.samplers import register_sampler
+from tether.search.samplers import worker_seed
 
 
 def _first_point(cfg: SamplerConfig, worker: int) -> float:

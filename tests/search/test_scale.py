@@ -1,11 +1,11 @@
 """Many worker processes on one storage: the budget runs exactly, on bounded connections.
 
 The workers are separate processes (spawned interpreters, each opening its own storage) that
-run :class:`search.driver.TicketRunner`, the loop of ``tether worker`` without the study spec:
-claim a ticket, heartbeat, sample, fork a trial process, tell. Their trials run
-:func:`search.launcher.trivial_target` instead of a fine-tuning run, so what is measured is
-the harness and the storage. (``tether worker`` itself would also import torch for the spec's
-model, 5 s and 1 GB per process, which 8 workers on this 2-core machine cannot afford.)
+run :class:`tether.search.execution.driver.TicketRunner`, the loop of ``tether worker`` without the
+study spec: claim a ticket, heartbeat, sample, fork a trial process, tell. Their trials run
+:func:`tether.search.execution.launcher.trivial_target` instead of a fine-tuning run, so what is
+measured is the harness and the storage. (``tether worker`` itself would also import torch for the
+spec's model, 5 s and 1 GB per process, which 8 workers on this 2-core machine cannot afford.)
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from search.storage import StorageOptions
-from search.storage import open_storage
-from search.tickets import claim
-from search.tickets import enqueue_tickets
 from tests.search.conftest import pg_connect
 from tests.search.conftest import trials_ran
+from tether.search.execution.tickets import claim
+from tether.search.execution.tickets import enqueue_tickets
+from tether.search.storage import StorageOptions
+from tether.search.storage import open_storage
 
 
 WORKER = "tether-worker"  # the application_name of the workers' connections

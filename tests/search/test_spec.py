@@ -9,19 +9,19 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune.errors import ConfigError
-from finetune.recipe import recipe_from_dict
-from search.spec import Choice
-from search.spec import FloatRange
-from search.spec import IntRange
-from search.spec import StudySpec
-from search.spec import load_spec
-from search.spec import load_specs
-from search.spec import spec_from_dict
-from search.spec import specs_from_dict
+from tests.conftest import ROOT
+from tether.errors import ConfigError
+from tether.finetune.recipe import recipe_from_dict
+from tether.search.spec import Choice
+from tether.search.spec import FloatRange
+from tether.search.spec import IntRange
+from tether.search.spec import StudySpec
+from tether.search.spec import load_spec
+from tether.search.spec import load_specs
+from tether.search.spec import spec_from_dict
+from tether.search.spec import specs_from_dict
 
 
-ROOT = Path(__file__).resolve().parents[2]
 STUDIES = ROOT / "studies"
 DIGITS = str(ROOT / "configs" / "digits.yaml")
 MARS = {

@@ -7,10 +7,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from finetune.errors import ConfigError
-from search.storage import mask_url
-from search.storage import open_storage
-from search.storage import resolve_url
+from tether.errors import ConfigError
+from tether.search.storage import mask_url
+from tether.search.storage import open_storage
+from tether.search.storage import resolve_url
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,94 @@
+"""Creating and joining studies: devices, and refusing what does not fit an existing study."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from tests.conftest import ROOT
+from tether.errors import ConfigError
+from tether.search.execution.driver import VERSION_ATTR
+from tether.search.execution.driver import Search
+from tether.search.execution.driver import create_studies
+from tether.search.execution.driver import parse_devices
+from tether.search.execution.launcher import Launcher
+from tether.search.spec import StudySpec
+from tether.search.spec import spec_from_dict
+from tether.search.storage import open_storage
+from tether.search.storage import study_names
+
+
+def _spec(**changes: Any) -> StudySpec:
+    data: dict[str, Any] = {
+        "name": "drv",
+        "recipe": str(ROOT / "configs" / "digits.yaml"),
+        "set": {"train.epochs": 3},
+        "budget": {"n_trials": 2},
+        "methods": {
+            "mars-pgm": {
+                "relative": True,
+                "radius": {"low": 0.05, "high": 1.0},
+                "head_radius": {"low": 1.0, "high": 10.0},
+            }
+        },
+    }
+    data.update(changes)
+    return spec_from_dict(data)
+
+
+def test_devices_make_slots() -> None:
+    assert [s.name for s in parse_devices("cpu", 2)] == ["cpu", "cpu"]
+    slots = parse_devices("0,1", 2)
+    assert [(s.name, s.visible_devices) for s in slots] == [
+        ("cuda:0", "0"), ("cuda:0", "0"), ("cuda:1", "1"), ("cuda:1", "1"),
+    ]  # fmt: skip
+    for bad in ("gpu", "0,x", ""):
+        with pytest.raises(ConfigError, match="--devices"):
+            parse_devices(bad, 1)
+    with pytest.raises(ConfigError, match="--trials-per-device"):
+        parse_devices("cpu", 0)
+
+
+def test_a_changed_search_space_is_refused_naming_the_change(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    create_studies(_spec(), storage)
+    wider = _spec(methods={"mars-pgm": {"relative": True, "radius": {"low": 0.05, "high": 2.0},
+                                        "head_radius": {"low": 1.0, "high": 10.0}}})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"space\.radius\.high: 1\.0 -> 2\.0"):
+        create_studies(wider, storage)
+    longer = _spec(set={"train.epochs": 4})
+    with pytest.raises(ConfigError, match=r"recipe\.train\.epochs: 3 -> 4"):
+        create_studies(longer, storage)
+
+
+def test_a_refused_spec_writes_nothing(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    create_studies(_spec(), storage)
+    changed = _spec(
+        set={"train.epochs": 4},
+        methods={**_spec().to_dict()["methods"], "standard": {}},
+    )
+    with pytest.raises(ConfigError):
+        create_studies(changed, storage)
+    assert study_names(storage) == {"drv/mars-pgm"}
+
+
+def test_new_starting_points_and_budgets_keep_the_study(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    create_studies(_spec(), storage)
+    again = _spec(budget={"n_trials": 5})
+    create_studies(again, storage)  # same space and recipe: accepted, budget enqueued once
+    study = optuna.load_study(study_name="drv/mars-pgm", storage=storage)
+    assert len(study.trials) == 2
+
+
+def test_a_worker_with_another_optuna_major_refuses_to_join(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    (study,) = create_studies(_spec(), storage)
+    study.set_user_attr(VERSION_ATTR, {"tether": "0.1.0", "optuna": "4.6.0"})
+    with Launcher() as launcher, pytest.raises(ConfigError, match="optuna 4.6.0"):
+        Search(_spec(), storage=storage, launcher=launcher,
+               slots=parse_devices("cpu", 1), log_dir=tmp_path)  # fmt: skip

@@ -1,0 +1,51 @@
+"""Data for one fine-tuning run: image folders or the built-in digits task, noise, transforms.
+
+Example:
+    >>> from pathlib import Path
+    >>> task = load_task(DataConfig(kind="digits", shots=5), cache_dir=Path(".tether-cache"))
+    >>> task.train.images.shape
+    torch.Size([25, 3, 16, 16])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tether.finetune.data.config import DataConfig
+from tether.finetune.data.digits import digits_source_split
+from tether.finetune.data.digits import load_digits_task
+from tether.finetune.data.folder import load_folder
+from tether.finetune.data.noise import apply_label_noise
+from tether.finetune.data.noise import inject_label_noise
+from tether.finetune.data.transforms import BatchTransform
+from tether.finetune.data.types import Split
+from tether.finetune.data.types import TaskData
+
+
+__all__ = [
+    "BatchTransform",
+    "DataConfig",
+    "Split",
+    "TaskData",
+    "apply_label_noise",
+    "digits_source_split",
+    "inject_label_noise",
+    "load_digits_task",
+    "load_folder",
+    "load_task",
+]
+
+
+def load_task(cfg: DataConfig, *, cache_dir: Path) -> TaskData:
+    """Load the task ``cfg`` describes, then inject its label noise into the train split.
+
+    Args:
+        cfg: the data config.
+        cache_dir: the on-disk cache (decoded folder images live under ``images/``).
+
+    Raises:
+        ConfigError: (kind ``data``) anything wrong with the data; see :func:`load_folder` and
+            :func:`load_digits_task`.
+    """
+    task = load_folder(cfg, cache_dir=cache_dir) if cfg.kind == "folder" else load_digits_task(cfg)
+    return apply_label_noise(task, kind=cfg.noise, rate=cfg.noise_rate, seed=cfg.seed)

@@ -1,0 +1,105 @@
+"""Which tensors a distance regulariser acts on, and how each is read as rows.
+
+Rules, following the MARS reference code (Gouk et al. 2021) and its PyTorch port (RSL):
+
+* the ``weight`` of every convolution and linear layer (and the input projection of
+  ``nn.MultiheadAttention``) is a matrix whose rows are the output units: a conv weight
+  ``[out, in, kh, kw]`` has ``out`` rows of ``in * kh * kw`` entries (depthwise convs
+  therefore get one row per channel, the exact l-inf operator norm);
+* BatchNorm's gamma enters through the diagonal of its inference map,
+  ``d = gamma / sqrt(running_var + 1e-6)``, element-wise; LayerNorm / GroupNorm gamma
+  element-wise as is;
+* biases, BatchNorm beta, class tokens and position embeddings stay free;
+* the new head is measured from zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from tether.finetune.layers import HEAD
+from tether.finetune.layers import LayerGroups
+
+
+Kind = Literal["matrix", "bn", "diag"]
+
+# The reference code's epsilon for the BatchNorm diagonal (not the layer's own eps).
+BN_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Target:
+    """One constrained tensor."""
+
+    name: str
+    group: str
+    param: nn.Parameter
+    kind: Kind
+    module: nn.Module
+
+    def running_var(self) -> torch.Tensor | None:
+        """The live running variance of a BatchNorm target (it changes during training)."""
+        if self.kind != "bn":
+            return None
+        var = self.module.running_var
+        return var if isinstance(var, torch.Tensor) else None
+
+
+def row_view(tensor: torch.Tensor, *, whole: bool) -> torch.Tensor:
+    """A copy-free ``[rows, length]`` view: one row per output unit, or one row in all.
+
+    Channels-last conv weights are contiguous in ``[out, kh, kw, in]`` order, so their rows
+    are still contiguous blocks (the order inside a row does not matter to a row norm).
+    """
+    rows = 1 if whole else tensor.shape[0]
+    if tensor.is_contiguous():
+        return tensor.view(rows, -1)
+    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+        return tensor.permute(0, 2, 3, 1).view(rows, -1)
+    raise ValueError(
+        f"cannot take a copy-free row view of a tensor with strides {tensor.stride()}"
+    )
+
+
+_MATRIX_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_NORM_MODULES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm)
+
+
+def _module_targets(module: nn.Module) -> Iterator[tuple[str, Kind]]:
+    if isinstance(module, _MATRIX_MODULES):
+        yield "weight", "matrix"
+    elif isinstance(module, nn.MultiheadAttention):
+        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            if getattr(module, name, None) is not None:
+                yield name, "matrix"
+    elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if module.affine:
+            yield "weight", "bn" if module.track_running_stats else "diag"
+    elif isinstance(module, _NORM_MODULES) and getattr(module, "weight", None) is not None:
+        yield "weight", "diag"
+
+
+def collect_targets(model: nn.Module, groups: LayerGroups) -> list[Target]:
+    """Every constrained tensor of ``model`` with its group, in model order.
+
+    Tensors outside every group, and tensors the head module does not own directly as a
+    weight matrix, are left free.
+    """
+    targets: list[Target] = []
+    for module_name, module in model.named_modules():
+        group = groups.group_of(module_name)
+        if group is None:
+            continue
+        for attr, kind in _module_targets(module):
+            if group == HEAD and kind != "matrix":
+                continue
+            param = getattr(module, attr)
+            if isinstance(param, nn.Parameter):
+                name = f"{module_name}.{attr}" if module_name else attr
+                targets.append(Target(name, group, param, kind, module))
+    return targets

@@ -1,0 +1,112 @@
+"""Recipe sections for the two regulariser families: ``constraint:`` and ``penalty:``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+from typing import Literal
+
+from tether.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ConstraintConfig:
+    """The projection applied after every optimiser step (``norm: none`` = no projection).
+
+    ``radius`` is one number for every pretrained group, a ``{group: radius}`` mapping, or,
+    with ``scale`` set, the base of the layer-wise schedule ``radius * scale**depth``.
+    """
+
+    norm: Literal["none", "mars", "frob"] = "none"
+    radius: float | dict[str, float] = math.inf
+    scale: float | None = None
+    head_radius: float = math.inf
+    relative: bool = False
+    mode: Literal["rescale", "exact"] = "rescale"
+
+    def __post_init__(self) -> None:
+        radii = (
+            [(f"constraint.radius.{g}", r) for g, r in self.radius.items()]
+            if isinstance(self.radius, dict)
+            else [("constraint.radius", self.radius)]
+        )
+        for key, value in (*radii, ("constraint.head_radius", self.head_radius)):
+            if not value > 0:
+                raise ConfigError(f"{key} must be > 0 (.inf leaves a layer free), got {value!r}")
+        if self.scale is not None:
+            if not self.scale > 0:
+                raise ConfigError(f"constraint.scale must be > 0, got {self.scale!r}")
+            if isinstance(self.radius, dict):
+                raise ConfigError(
+                    "constraint.scale needs one base radius, not a per-group mapping"
+                )
+        if self.norm == "none" and (
+            isinstance(self.radius, dict)
+            or math.isfinite(self.radius)
+            or math.isfinite(self.head_radius)
+        ):
+            raise ConfigError(
+                "constraint radii are set but constraint.norm is 'none'; "
+                "set constraint.norm to mars or frob"
+            )
+
+
+@dataclass(frozen=True)
+class PenaltyConfig:
+    """The loss term. ``alpha`` weighs the pretrained layers, ``beta`` the new head.
+
+    ``include`` (l2-sp, l1-sp, l2-sp-fisher, frob-sp, mars-sp): ``weights`` = conv/linear
+    weights as in the L2-SP authors' code, ``all`` = every pretrained parameter. ``layers``,
+    ``probe_epochs`` and ``ablation_batches`` are DELTA's (empty ``layers``: the last conv of
+    each stage).
+
+    ``bss`` (Batch Spectral Shrinkage, Chen et al., NeurIPS 2019) uses ``alpha`` as its
+    trade-off eta (the reference code's default is 0.001, not this class's 0.01: a study
+    sets it) and ``k``, how many of the smallest singular values of the head's input batch
+    it shrinks; ``beta`` is unused (BSS is added to standard fine-tuning).
+
+    ``l2-sp-fisher`` weighs each pretrained weight by the diagonal Fisher information of the
+    source network on its source task, estimated on ``fisher_samples`` source images,
+    divided by its mean (so ``alpha`` is comparable to l2-sp's) plus ``fisher_epsilon``.
+    ``fisher_data`` is a folder of source-domain images (any layout, labels unused); the
+    digits task with ``model.weights: digits-source`` provides its own when it is unset.
+    """
+
+    name: str = "none"
+    alpha: float = 0.01
+    beta: float = 0.01
+    include: Literal["weights", "all"] = "weights"
+    layers: tuple[str, ...] = ()
+    probe_epochs: int = 10
+    ablation_batches: int = 4
+    k: int = 1
+    fisher_samples: int = 512
+    fisher_epsilon: float = 1e-3
+    fisher_data: str | None = None
+
+    def __post_init__(self) -> None:
+        from tether.finetune.regularizers._registry import list_penalties
+
+        if self.name not in list_penalties():
+            raise ConfigError(
+                f"penalty.name {self.name!r} is not a penalty; "
+                f"choose from {', '.join(list_penalties())}"
+            )
+        for key in ("alpha", "beta", "fisher_epsilon"):
+            value = getattr(self, key)
+            if not value >= 0:
+                raise ConfigError(f"penalty.{key} must be >= 0, got {value!r}")
+        if not math.isfinite(self.fisher_epsilon):
+            raise ConfigError(
+                f"penalty.fisher_epsilon must be finite, got {self.fisher_epsilon!r}"
+            )
+        for key in ("probe_epochs", "ablation_batches", "k", "fisher_samples"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"penalty.{key} must be an integer >= 1, got {value!r}")
+        if self.fisher_data is not None and (
+            not isinstance(self.fisher_data, str) or not self.fisher_data.strip()
+        ):
+            raise ConfigError(
+                f"penalty.fisher_data must be a folder path, got {self.fisher_data!r}"
+            )

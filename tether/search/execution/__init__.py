@@ -1,0 +1,1 @@
+"""Running a search: its studies, device slots, tickets, one process per trial."""

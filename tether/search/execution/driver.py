@@ -1,0 +1,491 @@
+"""The search: one Optuna study per method, device slots, one thread per slot.
+
+``tether run`` creates the studies (spec and code version stored on each, the budget enqueued
+as tickets) and then works like any ``tether worker``: every slot's thread claims the next
+ticket of the first method that has one, samples its parameters, runs the worker process and
+tells the study. Any number of workers on any number of machines can join the same storage.
+
+:class:`TicketRunner` is that work loop without the spec (it imports no torch), what the
+scale tests and benchmarks run in many processes; :class:`Search` is it for a spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+import os
+from pathlib import Path
+import socket
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING
+from typing import Any
+import zlib
+
+import optuna
+
+from tether.errors import ConfigError
+from tether.search.execution.launcher import Launcher
+from tether.search.execution.launcher import TrialProcess
+from tether.search.execution.tickets import Dispatcher
+from tether.search.execution.tickets import enqueue_tickets
+from tether.search.execution.trials import Slot
+from tether.search.execution.trials import run_claimed
+from tether.search.methods import deep_merge
+from tether.search.methods import enqueue_params
+from tether.search.methods import suggest
+from tether.search.samplers import make_pruner
+from tether.search.samplers import make_sampler
+from tether.search.storage import hold_single_process
+from tether.search.storage import study_names
+from tether.version import __version__
+
+
+if TYPE_CHECKING:
+    from tether.search.spec import StudySpec
+
+
+SPEC_ATTR = "tether:spec"
+FINGERPRINT_ATTR = "tether:fingerprint"
+VERSION_ATTR = "tether:version"
+
+
+def parse_devices(devices: str, trials_per_device: int) -> list[Slot]:
+    """``auto`` (every visible GPU, else the CPU), ``cpu``, or GPU indices ``0,1``."""
+    if trials_per_device < 1:
+        raise ConfigError(f"--trials-per-device must be >= 1, got {trials_per_device}")
+    if devices == "auto":
+        import torch
+
+        count = torch.cuda.device_count()
+        names = [str(i) for i in range(count)] or ["cpu"]
+    elif devices == "cpu":
+        names = ["cpu"]
+    else:
+        names = [d.strip() for d in devices.split(",") if d.strip()]
+        if not names or not all(n.isdigit() for n in names):
+            raise ConfigError(
+                f"--devices must be auto, cpu or GPU indices like 0,1; got {devices!r}"
+            )
+    return [Slot(name, k) for name in names for k in range(trials_per_device)]
+
+
+def worker_number(slot_count: int = 0) -> int:
+    """A number that differs between processes and hosts: sampler seeds are spread by it."""
+    return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000 + slot_count
+
+
+def model_groups(spec: StudySpec) -> list[str]:
+    """The pretrained layer groups of the spec's model (for per-group radii), no weights loaded."""
+    from dataclasses import replace
+
+    from tether.finetune.layers import layer_groups
+    from tether.finetune.models import build_model
+    from tether.finetune.recipe import recipe_from_dict
+
+    recipe = recipe_from_dict(spec.base_recipe())
+    model_cfg = replace(recipe.model, weights="none", checkpoint=None)
+    built = build_model(model_cfg, num_classes=2, image_size=recipe.data.image_size)
+    return list(layer_groups(built.model, head=built.head).extractor)
+
+
+def create_studies(
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    *,
+    methods: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+) -> list[optuna.Study]:
+    """Create (or check) one study per method and enqueue its budget once.
+
+    ``groups`` are the model's layer groups (:func:`model_groups` builds the model if absent).
+
+    Raises:
+        ConfigError: an existing study was made from a different search space.
+    """
+    groups = model_groups(spec) if groups is None else groups
+    chosen = list(methods or spec.methods)
+    existing = study_names(storage)
+    for method in chosen:  # every check before anything is written
+        if spec.study_name(method) in existing:
+            study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
+            check_compatible(study, spec, method)
+    studies = []
+    for method in chosen:
+        study = optuna.create_study(
+            study_name=spec.study_name(method),
+            storage=storage,
+            direction="maximize",
+            load_if_exists=True,
+        )
+        if FINGERPRINT_ATTR not in study.user_attrs:
+            study.set_user_attr(SPEC_ATTR, spec.to_dict())
+            study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint(method))
+            study.set_user_attr(
+                VERSION_ATTR, {"tether": __version__, "optuna": optuna.__version__}
+            )
+        space = spec.methods[method]
+        points = [enqueue_params(space, point, groups=groups) for point in space.enqueue]
+        enqueue_tickets(study, n_trials=spec.n_trials(method), known=points)
+        studies.append(study)
+    return studies
+
+
+def _major(version: str) -> str:
+    return version.split(".", 1)[0]
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """The dotted key of the first difference between two JSON-like values, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            found = _first_difference(
+                old.get(key), new.get(key), f"{path}.{key}" if path else str(key)
+            )
+            if found:
+                return found
+        return None
+    if old != new:
+        return f"{path or 'the value'}: {old!r} -> {new!r}"
+    return None
+
+
+def check_compatible(study: optuna.Study, spec: StudySpec, method: str) -> None:
+    """Refuse to work on a study made by another Optuna major or from another search space.
+
+    Raises:
+        ConfigError: naming what differs and how to start afresh.
+    """
+    written = study.user_attrs.get(VERSION_ATTR, {}).get("optuna")
+    if written and _major(written) != _major(optuna.__version__):
+        raise ConfigError(
+            f"study {study.study_name} was written with optuna {written}, this process has "
+            f"optuna {optuna.__version__}; every worker of a study needs the same major version"
+        )
+    known = study.user_attrs.get(FINGERPRINT_ATTR)
+    if known is None or known == spec.fingerprint(method):
+        return
+    stored = study.user_attrs.get(SPEC_ATTR, {})
+    old_space = dict(stored.get("methods", {}).get(method) or {})
+    new_space = spec.methods[method].to_data(enqueue=False)
+    old_space.pop("enqueue", None)  # starting points may change: they are not the space
+    change = _first_difference(
+        {"space": old_space, "recipe": stored.get("base_recipe")},
+        {"space": new_space, "recipe": spec.base_recipe()},
+    )
+    raise ConfigError(
+        f"study {study.study_name} was created from another search space or recipe "
+        f"({change or 'the stored spec differs'}); give the spec a new name, or delete the "
+        "study, to start afresh"
+    )
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (``tether`` installs
+    the handler, :mod:`tether.cli`): a preemption (Kubernetes, Slurm) stops the search as the
+    first Ctrl-C does."""
+
+
+class TicketRunner:
+    """Run the tickets of ``studies`` on ``slots``, one thread per slot, until none is left.
+
+    Each slot's thread takes the next ticket (:class:`~tether.search.execution.tickets.Dispatcher`:
+    the first study that has one; stale trials of dead workers reaped and retried on the way) and
+    runs it with :func:`~tether.search.execution.trials.run_claimed`; ``recipe(index, trial)``
+    samples the trial's parameters and returns its recipe. This is all of ``tether worker`` that is
+    not about the spec; :class:`Search` adds the spec. A SQLite storage is held for this process
+    (:func:`~tether.search.storage.hold_single_process`): a second process is refused. With no
+    ticket left while another process's trial runs, a slot waits up to one grace period: if that
+    worker died, its trial comes back as a retry and runs here.
+
+    **Stopping.** The first Ctrl-C (SIGINT), or SIGTERM, stops claiming and asks every running
+    trial to stop: each finishes its batch and is recorded as FAIL with ``error.kind ==
+    "interrupted"`` and the signal in ``error.message``; nothing stays RUNNING. A trial still
+    running after ``grace`` seconds is killed (and recorded the same way). A second signal kills
+    the running trials at once, records them (for at most ``abort_wait`` seconds) and returns.
+    Either way the interrupt is raised again to the caller: ``tether`` exits 130 (SIGINT) or
+    143 (SIGTERM).
+
+    Args:
+        studies: the studies whose tickets to run, in order.
+        recipe: ``recipe(index of the study, claimed trial) -> recipe``.
+        launcher: starts worker processes.
+        slots: where trials run, one thread each.
+        log_dir: one log file per trial, under ``log_dir/<study name>/``.
+        cache_dir: the workers' cache (digits source network, decoded images, DELTA).
+        target: what a worker runs instead of the fine-tuning (benchmarks of the harness).
+        time_limit: seconds per trial (its worker is stopped after), or None.
+        timeout: seconds per study from this process's first trial of it; after that it
+            takes no new ticket of that study. None: no limit.
+        grace: seconds a stopped trial gets to finish its batch.
+    """
+
+    abort_wait = 5.0
+
+    def __init__(
+        self,
+        studies: Sequence[optuna.Study],
+        *,
+        recipe: Callable[[int, optuna.Trial], dict[str, Any]],
+        launcher: Launcher,
+        slots: Sequence[Slot],
+        log_dir: Path,
+        cache_dir: Path | None = None,
+        target: Callable[..., int] | None = None,
+        time_limit: float | None = None,
+        timeout: float | None = None,
+        grace: float = 30.0,
+    ) -> None:
+        self.studies = list(studies)
+        self.launcher = launcher
+        self.slots = list(slots)
+        self.log_dir = log_dir
+        self.cache_dir = cache_dir
+        self.target = target
+        self.time_limit = time_limit
+        self.timeout = timeout
+        self.grace = grace
+        self.done = 0
+        self._recipe = recipe
+        self._dispatcher = Dispatcher(self.studies)
+        self._deadlines: list[float | None] = [None] * len(self.studies)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reason: str | None = None
+        self._running: dict[Slot, TrialProcess] = {}
+        self._errors: list[BaseException] = []
+        cpu_slots = sum(slot.device == "cpu" for slot in self.slots)
+        if cpu_slots > 1 and "TETHER_NUM_THREADS" not in os.environ:
+            # trials sharing the CPU must share its cores, or they thrash (2 threads each on
+            # 2 cores ran 6x slower than 1 each). Trials inherit the environment at start.
+            os.environ["TETHER_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_slots))
+        if self.studies:
+            hold_single_process(self.studies[0]._storage)
+
+    def run(self) -> None:
+        """Work until every ticket is taken; see the class docstring for Ctrl-C and SIGTERM.
+
+        Raises:
+            KeyboardInterrupt: (or :class:`Terminated`) after the trials were stopped.
+            Exception: the first error that ended a slot (after the other slots ended).
+        """
+        finished = [threading.Event() for _ in self.slots]
+        for slot, done in zip(self.slots, finished, strict=True):
+            threading.Thread(
+                target=self._work,
+                args=(slot, done),
+                name=f"slot-{slot.name}-{slot.index}",
+                daemon=True,  # a second Ctrl-C must not wait for them
+            ).start()
+        try:
+            _wait(finished)
+        except KeyboardInterrupt as first:
+            self._reason = _signal_name(first)
+            try:
+                self._stop_trials(finished)
+            except KeyboardInterrupt as second:
+                self._reason = f"{_signal_name(second)} twice"
+                self._kill_trials(finished)
+                raise
+            raise
+        if self._errors:
+            raise self._errors[0]
+
+    def _stop_trials(self, finished: Sequence[threading.Event]) -> None:
+        running = self._halt()
+        print(
+            f"tether: {self._reason}: stopping {len(running)} running trial(s) (each finishes "
+            "its batch and is recorded as failed); send it again to quit now",
+            file=sys.stderr,
+            flush=True,
+        )
+        for process in running:
+            process.terminate()
+        if not _wait(finished, until=time.monotonic() + self.grace):
+            for process in self._halt():
+                process.kill()
+            _wait(finished)
+
+    def _kill_trials(self, finished: Sequence[threading.Event]) -> None:
+        running = self._halt()
+        print(
+            f"tether: {self._reason}: killing {len(running)} running trial(s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        for process in running:
+            process.kill()
+        _wait(finished, until=time.monotonic() + self.abort_wait)
+
+    def _halt(self) -> list[TrialProcess]:
+        """Stop taking tickets; the trial processes running now."""
+        with self._lock:
+            self._stop.set()
+            return list(self._running.values())
+
+    def _track(self, slot: Slot, process: TrialProcess | None) -> None:
+        with self._lock:
+            if process is None:
+                self._running.pop(slot, None)
+            else:
+                self._running[slot] = process
+                if self._stop.is_set():  # the signal came while this trial was starting
+                    process.terminate()
+
+    def _past_deadline(self, index: int) -> bool:
+        deadline = self._deadlines[index]
+        return deadline is not None and time.monotonic() > deadline
+
+    def _work(self, slot: Slot, finished: threading.Event) -> None:
+        try:
+            while not self._stop.is_set():
+                claimed = self._dispatcher.next(stop=self._stop, skip=self._past_deadline)
+                if claimed is None:
+                    return
+                index, trial = claimed
+                if self._deadlines[index] is None and self.timeout is not None:
+                    self._deadlines[index] = time.monotonic() + self.timeout
+                try:
+                    self._one(index, trial, slot)
+                finally:
+                    self._dispatcher.done(trial)
+        except BaseException as error:
+            with self._lock:
+                self._errors.append(error)
+                self._stop.set()  # the other slots finish their trials and take no more
+        finally:
+            finished.set()
+
+    def _one(self, index: int, trial: optuna.Trial, slot: Slot) -> None:
+        study = self.studies[index]
+        started = time.monotonic()
+        outcome = run_claimed(
+            study,
+            trial,
+            lambda claimed: self._recipe(index, claimed),
+            launcher=self.launcher,
+            slot=slot,
+            log_dir=self.log_dir,
+            time_limit=self.time_limit,
+            cache_dir=self.cache_dir,
+            running=lambda process: self._track(slot, process),
+            target=self.target,
+            stopped=lambda: self._reason,
+        )
+        with self._lock:
+            self.done += 1
+            params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+            print(
+                f"[{study.study_name}] trial {trial.number}: {outcome}  ({params})  "
+                f"{time.monotonic() - started:.1f}s on {slot.name}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def _wait(finished: Sequence[threading.Event], *, until: float | None = None) -> bool:
+    """Wait until every event is set (or the monotonic time ``until``); whether they all are.
+
+    Events, not ``Thread.join``: after a join that Ctrl-C interrupted, CPython 3.11 reported
+    the thread as finished while it still ran.
+    """
+    for event in finished:
+        while not event.is_set():
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            event.wait(0.5 if left is None else min(0.5, left))
+    return True
+
+
+def _signal_name(interrupt: KeyboardInterrupt) -> str:
+    return "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT (Ctrl-C)"
+
+
+@dataclass
+class _MethodState:
+    method: str
+    study: optuna.Study
+
+
+class Search(TicketRunner):
+    """Run the tickets of every method of ``spec`` on ``slots`` until none is left.
+
+    A :class:`TicketRunner` over the spec's studies (one per method, in the spec's order),
+    whose trials sample the method's search space into the spec's base recipe.
+
+    Args:
+        spec: the study spec.
+        storage: the shared Optuna storage.
+        launcher: starts worker processes.
+        slots: where trials run, one thread each.
+        log_dir: one log file per trial.
+        cache_dir: the workers' cache (digits source network, decoded images, DELTA).
+        methods: only these methods (default: all of the spec's).
+        target: what a worker runs instead of the fine-tuning (benchmarks of the harness).
+        worker: offsets the sampler seed; ``tether run`` uses 0 (a seeded spec repeats),
+            ``tether worker`` one derived from host and pid (no two workers share a seed).
+        groups: the model's layer groups, if the caller has them (else the model is built).
+
+    Raises:
+        ConfigError: a study does not exist, or was made from another spec or Optuna major.
+    """
+
+    def __init__(
+        self,
+        spec: StudySpec,
+        *,
+        storage: optuna.storages.BaseStorage,
+        launcher: Launcher,
+        slots: Sequence[Slot],
+        log_dir: Path,
+        cache_dir: Path | None = None,
+        methods: Sequence[str] | None = None,
+        target: Callable[..., int] | None = None,
+        worker: int | None = None,
+        groups: Sequence[str] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.worker = worker_number() if worker is None else worker
+        self.groups = list(model_groups(spec) if groups is None else groups)
+        self.epochs = int(spec.base_recipe()["train"]["epochs"])
+        self.states = []
+        for method in methods or list(spec.methods):
+            try:
+                study = optuna.load_study(
+                    study_name=spec.study_name(method),
+                    storage=storage,
+                    sampler=make_sampler(spec.sampler, worker=self.worker),
+                    pruner=make_pruner(spec.pruner, epochs=self.epochs),
+                )
+            except KeyError:
+                raise ConfigError(
+                    f"study {spec.study_name(method)} does not exist in this storage; "
+                    "create it with tether run"
+                ) from None
+            check_compatible(study, spec, method)
+            self.states.append(_MethodState(method, study))
+        super().__init__(
+            [state.study for state in self.states],
+            recipe=self._recipe_of,
+            launcher=launcher,
+            slots=slots,
+            log_dir=log_dir,
+            cache_dir=cache_dir,
+            target=target,
+            time_limit=spec.budget.trial_timeout,
+            timeout=spec.budget.timeout,
+        )
+
+    def _recipe_of(self, index: int, trial: optuna.Trial) -> dict[str, Any]:
+        method = self.states[index].method
+        patch = suggest(method, self.spec.methods[method], trial, groups=self.groups)
+        recipe = deep_merge(self.spec.base_recipe(), patch)
+        recipe["train"]["test"] = False
+        return recipe
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,172 @@
+"""The final evaluation: each method's best configuration, re-run for several seeds on test.
+
+Every method gets the same data, budget and protocol: the recipe of its best trial (highest
+validation accuracy) is run ``evaluation.n_seeds`` times with ``train.seed`` and
+``data.seed`` = 0..n-1, refit on train+val when the spec says so, and scored on the test
+split. The runs go through the same worker processes and slots as the search, and the
+result is stored on the method's study (user attribute ``tether:evaluation``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import concurrent.futures
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+import queue
+import statistics
+import sys
+import time
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from tether.errors import ConfigError
+from tether.search.execution.launcher import Launcher
+from tether.search.execution.trials import Slot
+from tether.search.spec import StudySpec
+
+
+EVALUATION_ATTR = "tether:evaluation"
+
+
+@dataclass(frozen=True)
+class SeedRun:
+    """One evaluation run; ``recovered`` is the share of corrupted labels that self
+    label-correction put right (``None`` without correction or without injected noise)."""
+
+    seed: int
+    test_accuracy: float | None
+    seconds: float
+    error: str | None = None
+    recovered: float | None = None
+
+
+def best_recipe(study: optuna.Study) -> tuple[int, dict[str, Any]] | None:
+    """The number and recipe of the best complete trial, if any."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    best = max(complete, key=lambda t: (t.value if t.value is not None else -1.0, -t.number))
+    return best.number, copy.deepcopy(best.user_attrs["recipe"])
+
+
+def _seed_recipe(recipe: dict[str, Any], seed: int, *, refit: bool) -> dict[str, Any]:
+    out = copy.deepcopy(recipe)
+    out["train"].update(seed=seed, test=True, refit=refit)
+    if refit:
+        out["train"]["select"] = "last"
+    out["data"]["seed"] = seed
+    return out
+
+
+def _run_one(
+    recipe: dict[str, Any],
+    seed: int,
+    *,
+    launcher: Launcher,
+    slots: queue.Queue[Slot],
+    log_path: Path,
+    cache_dir: Path | None,
+) -> SeedRun:
+    slot = slots.get()
+    started = time.monotonic()
+    try:
+        process = launcher.start(
+            recipe, device=slot.visible_devices, log_path=log_path, cache_dir=cache_dir
+        )
+        result = error = None
+        for event in process.events():
+            if event.get("event") == "result":
+                result = event
+            elif event.get("event") == "error":
+                error = f"{event.get('kind')}: {event.get('message')}"
+        code = process.wait()
+        seconds = time.monotonic() - started
+        if result is None or code != 0:
+            return SeedRun(seed, None, seconds, error or f"worker exited with code {code}")
+        relabel = result.get("relabel") or {}
+        recovered = relabel.get("recovered")
+        return SeedRun(
+            seed,
+            float(result["test_accuracy"]),
+            seconds,
+            recovered=None if recovered is None else float(recovered),
+        )
+    finally:
+        slots.put(slot)
+
+
+def evaluate(
+    spec: StudySpec,
+    *,
+    storage: optuna.storages.BaseStorage,
+    launcher: Launcher,
+    slots: Sequence[Slot],
+    log_dir: Path,
+    cache_dir: Path | None = None,
+    methods: Sequence[str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate each method's best configuration; store and return the summaries."""
+    free: queue.Queue[Slot] = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+    summaries: dict[str, dict[str, Any]] = {}
+    for method in methods or list(spec.methods):
+        try:
+            study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
+        except KeyError:
+            raise ConfigError(
+                f"study {spec.study_name(method)} does not exist; run the search first"
+            ) from None
+        found = best_recipe(study)
+        if found is None:
+            print(f"[{study.study_name}] no complete trial to evaluate", file=sys.stderr)
+            continue
+        number, recipe = found
+        n_seeds, refit = spec.evaluation.n_seeds, spec.evaluation.refit
+        method_dir = log_dir / study.study_name.replace("/", "__")
+        method_dir.mkdir(parents=True, exist_ok=True)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(slots)) as pool:
+            futures = [
+                pool.submit(
+                    _run_one,
+                    _seed_recipe(recipe, seed, refit=refit),
+                    seed,
+                    launcher=launcher,
+                    slots=free,
+                    log_path=method_dir / f"evaluate-seed{seed}.log",
+                    cache_dir=cache_dir,
+                )
+                for seed in range(n_seeds)
+            ]
+            runs = [f.result() for f in futures]
+        scores = [r.test_accuracy for r in runs if r.test_accuracy is not None]
+        mean = statistics.mean(scores) if scores else None
+        recovered = [r.recovered for r in runs if r.recovered is not None]
+        summary: dict[str, Any] = {
+            "best_trial": number,
+            "recipe": recipe,
+            "refit": refit,
+            "seeds": [r.seed for r in runs],
+            "test_accuracy": [r.test_accuracy for r in runs],
+            "errors": [r.error for r in runs if r.error],
+            "recovered": [r.recovered for r in runs],
+            "recovered_mean": statistics.mean(recovered) if recovered else None,
+            "mean": mean,
+            "std": statistics.stdev(scores) if len(scores) > 1 else 0.0 if scores else None,
+            "seconds": sum(r.seconds for r in runs),
+            "device": slots[0].name,
+        }
+        study.set_user_attr(EVALUATION_ATTR, summary)
+        summaries[method] = summary
+        shown = "-" if mean is None else f"{100 * mean:.1f}%"
+        print(
+            f"[{study.study_name}] test {shown} over {len(scores)}/{n_seeds} seeds "
+            f"(best trial {number})",
+            file=sys.stderr,
+            flush=True,
+        )
+    return summaries

@@ -1,0 +1,486 @@
+"""Study specs (``studies/*.yaml``): what a search compares, over which space, on what budget.
+
+A spec names a base recipe (a path relative to the spec file) and ``set`` overrides for it, the
+methods to compare (:mod:`tether.search.methods`) with each one's search space and known-good
+points to try first, the budget per method, the sampler and pruner, and the final evaluation::
+
+    name: digits                        # studies are named "<name>/<method>"
+    conditions:                         # optional: variants of the whole search, each
+      noise20: {set: {data.noise_rate: 0.2}}   # its own spec "digits.noise20"
+    recipe: ../configs/digits.yaml
+    set: {train.epochs: 60}             # dotted or nested keys, merged into the recipe
+    budget: {n_trials: 12, timeout: null, trial_timeout: 600}
+    sampler: {name: tpe, seed: null}
+    pruner: {name: median, n_startup_trials: 4, n_warmup_steps: 10}
+    methods:
+      standard: {}
+      mars-pgm:
+        groups: shared                  # shared | independent | geometric
+        relative: true                  # fixed options, straight into the recipe
+        radius: {low: 0.01, high: 2.0, log: true}
+        head_radius: {low: 0.5, high: 30.0}
+        enqueue: [{radius: 0.1, head_radius: 3.0}]
+    evaluation: {n_seeds: 5, refit: false}
+
+A parameter is a range ``{low, high, log}`` (``log`` defaults to true; the integer parameters,
+epochs, default to false) or a list of choices.
+With ``groups: independent`` the ``radius`` range applies to every layer group and
+``radius.<group>`` may override it for one group; an enqueued point may give ``radius`` for
+every group at once. Everything is checked when the spec loads, and every error names the
+dotted key, the value and what is allowed. The base recipe is validated with every method's
+patch at the ends of its ranges and at each enqueued point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from collections.abc import Sequence
+import dataclasses
+from dataclasses import dataclass
+from dataclasses import field
+import hashlib
+import json
+import os
+import re
+from typing import Any
+from typing import Literal
+
+import optuna
+
+from tether.errors import ConfigError
+from tether.finetune.config import apply_overrides
+from tether.finetune.config import from_dict
+from tether.finetune.config import read_yaml
+from tether.finetune.config import to_dict
+from tether.finetune.recipe import recipe_from_dict
+from tether.search.methods import CONSTRAINT_OPTIONS
+from tether.search.methods import GROUP_PREFIX
+from tether.search.methods import INT_PARAMS
+from tether.search.methods import NORMS
+from tether.search.methods import GroupMode
+from tether.search.methods import deep_merge
+from tether.search.methods import enqueue_params
+from tether.search.methods import get_method
+from tether.search.methods import suggest
+from tether.search.samplers import PrunerConfig
+from tether.search.samplers import SamplerConfig
+from tether.search.space import Choice
+from tether.search.space import FloatRange
+from tether.search.space import IntRange
+from tether.search.space import MethodSpace
+from tether.search.space import Param
+from tether.search.space import json_safe
+
+
+__all__ = [
+    "Budget",
+    "Choice",
+    "EvaluationConfig",
+    "FloatRange",
+    "IntRange",
+    "MethodSpace",
+    "Param",
+    "StudySpec",
+    "load_spec",
+    "load_specs",
+    "spec_from_dict",
+]
+
+_RANGE_KEYS = {"low", "high", "log"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class _Options:
+    groups: GroupMode = "shared"
+    relative: bool | None = None
+    mode: Literal["rescale", "exact"] | None = None
+    enqueue: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Budget:
+    """``budget:``, per method: trials, seconds for the whole search, seconds per trial."""
+
+    n_trials: int = 20
+    timeout: float | None = None
+    trial_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_trials < 1:
+            raise ConfigError(f"budget.n_trials must be >= 1, got {self.n_trials!r}")
+        for key in ("timeout", "trial_timeout"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"budget.{key} must be > 0 seconds or null, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """``evaluation:``: the best configuration of each method re-run over ``n_seeds`` seeds.
+
+    ``refit``: train on train+val and report the test accuracy (the MARS paper's protocol).
+    """
+
+    n_seeds: int = 5
+    refit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_seeds < 1:
+            raise ConfigError(f"evaluation.n_seeds must be >= 1, got {self.n_seeds!r}")
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study spec; build it with :func:`load_specs` or :func:`spec_from_dict`.
+
+    ``condition`` names the variant of a spec with ``conditions:`` (``name`` is then
+    ``<spec>.<condition>``).
+    """
+
+    name: str
+    recipe: str
+    methods: dict[str, MethodSpace]
+    condition: str | None = None
+    set: dict[str, Any] = field(default_factory=dict)
+    budget: Budget = field(default_factory=Budget)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    resolved_recipe: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def family(self) -> str:
+        """The spec file's name: ``name`` without the condition."""
+        return self.name.removesuffix(f".{self.condition}") if self.condition else self.name
+
+    def study_name(self, method: str) -> str:
+        """The Optuna study of ``method``: ``"<name>/<method>"``."""
+        self._space(method)
+        return f"{self.name}/{method}"
+
+    def n_trials(self, method: str) -> int:
+        """The trials to run for ``method``: the budget, or 1 when nothing is searched."""
+        return self.budget.n_trials if self._space(method).params else 1
+
+    def base_recipe(self) -> dict[str, Any]:
+        """A copy of the resolved base recipe (``set`` applied), as plain data."""
+        return deep_merge({}, self.resolved_recipe)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-safe data, with the resolved base recipe (stored on each study).
+
+        A condition's spec adds ``condition``: its name.
+        """
+        condition = {} if self.condition is None else {"condition": self.condition}
+        return {
+            "name": self.name,
+            **condition,
+            "recipe": self.recipe,
+            "set": json_safe(self.set),
+            "budget": to_dict(self.budget),
+            "sampler": to_dict(self.sampler),
+            "pruner": to_dict(self.pruner),
+            "methods": {m: space.to_data() for m, space in self.methods.items()},
+            "evaluation": to_dict(self.evaluation),
+            "base_recipe": self.base_recipe(),
+        }
+
+    def fingerprint(self, method: str) -> str:
+        """sha256 of ``method``'s search space and the base recipe (not budget, not enqueue).
+
+        Two specs with one fingerprint give the same trials the same meaning, so a search may
+        go on in an existing study; any other change needs a new study.
+        """
+        payload = {
+            "method": method,
+            "space": self._space(method).to_data(enqueue=False),
+            "recipe": self.resolved_recipe,
+        }
+        text = json.dumps(json_safe(payload), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _space(self, method: str) -> MethodSpace:
+        try:
+            return self.methods[method]
+        except KeyError:
+            raise ConfigError(
+                f"spec {self.name!r} has no method {method!r}; it has {', '.join(self.methods)}"
+            ) from None
+
+
+SPEC_KEYS = ("name", "recipe", "set", "budget", "sampler", "pruner", "methods", "evaluation")
+CONDITION_KEYS = ("set", "methods")
+
+
+def load_specs(path: str, overrides: Sequence[str] = ()) -> list[StudySpec]:
+    """Read and validate a study spec file: one spec, or one per entry of ``conditions:``.
+
+    Args:
+        path: ``studies/x.yaml``; its ``recipe`` is relative to the folder it is in.
+        overrides: ``dotted.key=value`` into the spec, e.g. ``budget.n_trials=3`` or
+            ``set.train.epochs=2`` (the latter reaches the recipe).
+
+    Raises:
+        ConfigError: the file, a key or a value is unusable; the message names it.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"study spec {path} does not exist")
+    try:
+        data = read_yaml(path)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("recipe", "study spec", 1)) from None
+    if isinstance(data.get("set"), Mapping):
+        data["set"] = _expand(data["set"], "set")
+    data = apply_overrides(data, overrides)
+    stem = os.path.basename(path).rsplit(".", 1)[0]
+    root = os.path.dirname(os.path.abspath(path))
+    return specs_from_dict(data, root=root, default_name=stem)
+
+
+def load_spec(path: str, overrides: Sequence[str] = ()) -> StudySpec:
+    """Read and validate a study spec file that has no ``conditions:`` (see :func:`load_specs`)."""
+    specs = load_specs(path, overrides)
+    if len(specs) > 1:
+        names = ", ".join(s.condition or "" for s in specs)
+        raise ConfigError(f"study spec {path} has several conditions ({names}); load them all")
+    return specs[0]
+
+
+def specs_from_dict(
+    data: Mapping[str, Any], *, root: str = ".", default_name: str = ""
+) -> list[StudySpec]:
+    """Validate a spec mapping, expanding its ``conditions:`` into one spec each.
+
+    A condition is a variant of the whole search, e.g. a label-noise rate: its ``set`` is
+    merged into the spec's ``set`` and its ``methods`` into the spec's ``methods`` (to enqueue
+    the points published for that condition, say). Condition ``c`` of spec ``s`` is the spec
+    ``s.c``, whose studies are ``s.c/<method>``.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a study spec must be a mapping of keys, got {data!r}")
+    conditions = data.get("conditions")
+    base = {k: v for k, v in data.items() if k != "conditions"}
+    if "conditions" not in data:
+        return [spec_from_dict(base, root=root, default_name=default_name)]
+    if not isinstance(conditions, Mapping) or not conditions:
+        raise ConfigError(
+            f"conditions must map condition names to {{set, methods}}, got {conditions!r}"
+        )
+    if isinstance(base.get("set"), Mapping):
+        base["set"] = _expand(base["set"], "set")
+    specs = []
+    for name, body in conditions.items():
+        where = f"conditions.{name}"
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ConfigError(
+                f"{where}: a condition name must be letters, digits, '.', '_' or '-', got {name!r}"
+            )
+        body = {} if body is None else body
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"{where} must be a mapping with set and methods, got {body!r}")
+        unknown = [k for k in body if k not in CONDITION_KEYS]
+        if unknown:
+            raise ConfigError(
+                f"unknown key {where}.{unknown[0]}; a condition accepts "
+                f"{', '.join(CONDITION_KEYS)}"
+            )
+        methods = body.get("methods") or {}
+        if not isinstance(methods, Mapping):
+            raise ConfigError(f"{where}.methods must be a mapping, got {methods!r}")
+        extra = [m for m in methods if m not in (base.get("methods") or {})]
+        if extra:
+            raise ConfigError(
+                f"{where}.methods.{extra[0]}: the spec's methods have no {extra[0]!r}"
+            )
+        patch = {"set": _expand(body.get("set") or {}, f"{where}.set"), "methods": methods}
+        try:
+            spec = spec_from_dict(deep_merge(base, patch), root=root, default_name=default_name)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        specs.append(dataclasses.replace(spec, name=f"{spec.name}.{name}", condition=name))
+    return specs
+
+
+def spec_from_dict(
+    data: Mapping[str, Any], *, root: str = ".", default_name: str = ""
+) -> StudySpec:
+    """Validate a spec mapping; ``recipe`` is read relative to the folder ``root``."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a study spec must be a mapping of keys, got {data!r}")
+    unknown = [k for k in data if k not in SPEC_KEYS]
+    if unknown:
+        accepted = ", ".join((*SPEC_KEYS, "conditions"))
+        raise ConfigError(f"unknown key {unknown[0]}; a study spec accepts {accepted}")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(
+            "name must be letters, digits, '.', '_' or '-' (it starts every study name "
+            f"'<name>/<method>'), got {name!r}"
+        )
+    recipe = data.get("recipe")
+    if not isinstance(recipe, str) or not recipe:
+        raise ConfigError(f"recipe must be the path of a recipe file, got {recipe!r}")
+    overrides = data.get("set") or {}
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"set must be a mapping of recipe keys to values, got {overrides!r}")
+    overrides = _expand(overrides, "set")
+    spec = StudySpec(
+        name=name,
+        recipe=recipe,
+        methods=_methods(data.get("methods")),
+        set=overrides,
+        budget=from_dict(Budget, data.get("budget"), prefix="budget."),
+        sampler=from_dict(SamplerConfig, data.get("sampler"), prefix="sampler."),
+        pruner=from_dict(PrunerConfig, data.get("pruner"), prefix="pruner."),
+        evaluation=from_dict(EvaluationConfig, data.get("evaluation"), prefix="evaluation."),
+        resolved_recipe=_base_recipe(recipe, root, overrides),
+    )
+    _probe(spec)
+    return spec
+
+
+def _expand(mapping: Mapping[Any, Any], where: str) -> dict[str, Any]:
+    """``{"train.epochs": 2}`` -> ``{"train": {"epochs": 2}}``, nested mappings merged."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if not isinstance(key, str) or not all(key.split(".")):
+            raise ConfigError(f"{where} has a bad key {key!r}; use dotted recipe keys")
+        nested = _expand(value, f"{where}.{key}") if isinstance(value, Mapping) else value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        out = deep_merge(out, nested)
+    return out
+
+
+def _base_recipe(recipe: str, root: str, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    path = os.path.normpath(os.path.join(root, recipe))
+    if not os.path.isfile(path):
+        raise ConfigError(f"recipe {recipe!r}: no such file {path}")
+    data = read_yaml(path)
+    data.setdefault("name", os.path.basename(path).rsplit(".", 1)[0])
+    try:
+        return recipe_from_dict(deep_merge(data, overrides)).to_dict()
+    except ConfigError as error:
+        raise ConfigError(f"recipe {recipe} with set: {error}") from None
+
+
+def _methods(data: object) -> dict[str, MethodSpace]:
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigError(f"methods must map method names to search spaces, got {data!r}")
+    spaces = {}
+    for name, space in data.items():
+        try:
+            get_method(str(name))
+        except ConfigError as error:
+            raise ConfigError(f"methods.{name}: {error}") from None
+        spaces[str(name)] = _space(str(name), space)
+    return spaces
+
+
+def _space(name: str, data: object) -> MethodSpace:
+    key = f"methods.{name}"
+    method = get_method(name)
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{key} must be a mapping of parameters and options, got {data!r}")
+    option_keys = {k for k in data if k in (*method.options, "enqueue")}
+    misplaced = [k for k in data if k in CONSTRAINT_OPTIONS and k not in option_keys]
+    if misplaced:
+        raise ConfigError(
+            f"{key}.{misplaced[0]}: {name} has no constraint, so it takes none of "
+            f"{', '.join(CONSTRAINT_OPTIONS)}"
+        )
+    options = from_dict(_Options, {k: data[k] for k in option_keys}, prefix=f"{key}.")
+    params = {}
+    for param, value in data.items():
+        if param in option_keys:
+            continue
+        if not method.accepts(str(param), options.groups):
+            raise ConfigError(
+                f"{key}.{param} is not a parameter of {name} with groups: {options.groups}; "
+                f"{name} accepts {method.describe_params()}"
+            )
+        params[str(param)] = _param(f"{key}.{param}", str(param), value)
+    missing = [p for p in method.required_params(options.groups) if p not in params]
+    if missing:
+        raise ConfigError(
+            f"{key}.{missing[0]} is required: give a range {{low, high}} or a list of choices"
+        )
+    space = MethodSpace(
+        name, params, options.groups, options.relative, options.mode, options.enqueue
+    )
+    for i, point in enumerate(space.enqueue):
+        _check_point(space, point, f"{key}.enqueue[{i}]")
+    return space
+
+
+def _param(key: str, name: str, value: object) -> Param:
+    if name == "norm":
+        ok = isinstance(value, list) and bool(value) and all(v in NORMS for v in value)
+        if not ok:
+            raise ConfigError(
+                f"{key} must be a list of norms from {', '.join(NORMS)}, got {value!r}"
+            )
+    if isinstance(value, Mapping) and {"low", "high"} - set(value) and set(value) <= _RANGE_KEYS:
+        raise ConfigError(f"{key} needs both low and high, got {dict(value)!r}")
+    try:
+        if isinstance(value, list):
+            return Choice(tuple(value))
+        if isinstance(value, Mapping) and name in INT_PARAMS:
+            return from_dict(IntRange, value, prefix=f"{key}.")
+        if isinstance(value, Mapping):
+            return from_dict(FloatRange, value, prefix=f"{key}.")
+    except ConfigError as error:
+        message = str(error)
+        raise ConfigError(message if key in message else f"{key}: {message}") from None
+    raise ConfigError(
+        f"{key} must be a range {{low, high, log}} or a list of choices, got {value!r}"
+    )
+
+
+def _check_point(space: MethodSpace, point: Mapping[str, Any], where: str) -> None:
+    for name, value in point.items():
+        param = space.param_for(name)
+        if param is None:
+            raise ConfigError(
+                f"{where}.{name} is not searched by {space.method}; "
+                f"searched: {', '.join(space.params)}"
+            )
+        if not param.contains(value):
+            raise ConfigError(f"{where}.{name} is {value!r}; allowed: {param.describe()}")
+
+
+def _probe(spec: StudySpec) -> None:
+    """Validate the base recipe with each method's patch at its extremes and enqueued points."""
+    for name, space in spec.methods.items():
+        groups = sorted({k[len(GROUP_PREFIX) :] for k in _named(space)}) or ["group"]
+        for point in _probe_points(space, groups):
+            patch = suggest(name, space, optuna.trial.FixedTrial(point), groups=groups)
+            try:
+                recipe_from_dict(deep_merge(spec.resolved_recipe, patch))
+            except ConfigError as error:
+                raise ConfigError(f"methods.{name} at {point}: {error}") from None
+    if spec.evaluation.refit:
+        try:
+            recipe_from_dict(deep_merge(spec.resolved_recipe, {"train": {"refit": True}}))
+        except ConfigError as error:
+            raise ConfigError(f"evaluation.refit: {error}") from None
+
+
+def _named(space: MethodSpace) -> list[str]:
+    """The ``radius.<group>`` keys of an independent space and its enqueued points."""
+    keys = [*space.params, *(k for point in space.enqueue for k in point)]
+    return [k for k in keys if k.startswith(GROUP_PREFIX)] if space.groups == "independent" else []
+
+
+def _probe_points(space: MethodSpace, groups: Sequence[str]) -> list[dict[str, Any]]:
+    names = space.trial_params(groups)
+    low = {n: p.ends()[0] for n, p in names.items()}
+    points = [low, {n: p.ends()[1] for n, p in names.items()}]
+    for n, p in names.items():
+        if isinstance(p, Choice):
+            points += [{**low, n: c} for c in p.choices]
+    for point in space.enqueue:
+        points.append({**low, **enqueue_params(space, point, groups=groups)})
+    return points
