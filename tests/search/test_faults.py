@@ -38,10 +38,10 @@ from tether.search.execution.launcher import Launcher
 from tether.search.execution.launcher import trivial_target
 from tether.search.execution.tickets import claim
 from tether.search.execution.tickets import enqueue_tickets
-from tether.search.execution.tickets import reap
 from tether.search.execution.trials import tell_once
 from tether.search.storage import StorageOptions
 from tether.search.storage import open_storage
+from tether.search.storage import reap
 
 
 FAST_HEARTBEAT: dict[str, Any] = {"heartbeat_interval": 1, "grace_period": 2}
@@ -135,10 +135,10 @@ def test_a_tell_whose_reply_is_lost_is_recorded_once(
 def test_a_claim_whose_reply_is_lost_is_kept_not_repeated(
     pg_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tether.search.storage
+    from tether.search.storage import _optuna
 
     study = _study(pg_database, 3)
-    real = tether.search.storage._rdb_session
+    real = _optuna.rdb_session
     lost: list[bool] = []
 
     @contextlib.contextmanager
@@ -149,7 +149,7 @@ def test_a_claim_whose_reply_is_lost_is_kept_not_repeated(
             lost.append(True)
             raise _lost_reply()
 
-    monkeypatch.setattr(tether.search.storage, "_rdb_session", committed_then_lost)
+    monkeypatch.setattr(_optuna, "rdb_session", committed_then_lost)
     trial = claim(study)
     monkeypatch.undo()
     assert lost

@@ -431,7 +431,7 @@ class ReapCommand(Command):
         _spec_arguments(parser)
 
     def run(self, args: argparse.Namespace) -> int:
-        from tether.search.execution.tickets import reap
+        from tether.search.storage import reap
 
         specs, storage = _open_studies(args, every=False)
         for name, study in _studies(specs, storage):

@@ -14,14 +14,14 @@ from optuna.trial import TrialState
 import pytest
 
 from tether.search.execution.tickets import TICKETS_ATTR
-from tether.search.execution.tickets import Heartbeat
 from tether.search.execution.tickets import claim
 from tether.search.execution.tickets import enqueue_tickets
-from tether.search.execution.tickets import reap
 from tether.search.execution.tickets import requeue
 from tether.search.execution.tickets import waiting
+from tether.search.storage import Heartbeat
 from tether.search.storage import StorageOptions
 from tether.search.storage import open_storage
+from tether.search.storage import reap
 
 
 @pytest.fixture

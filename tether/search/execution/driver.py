@@ -39,6 +39,7 @@ from tether.search.methods import suggest
 from tether.search.samplers import make_pruner
 from tether.search.samplers import make_sampler
 from tether.search.storage import hold_single_process
+from tether.search.storage import storage_of
 from tether.search.storage import study_names
 from tether.version import __version__
 
@@ -262,7 +263,7 @@ class TicketRunner:
             # 2 cores ran 6x slower than 1 each). Trials inherit the environment at start.
             os.environ["TETHER_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cpu_slots))
         if self.studies:
-            hold_single_process(self.studies[0]._storage)
+            hold_single_process(storage_of(self.studies[0]))
 
     def run(self) -> None:
         """Work until every ticket is taken; see the class docstring for Ctrl-C and SIGTERM.

@@ -43,8 +43,11 @@ from optuna.trial import TrialState
 from tether.finetune.worker import EXIT_STOPPED
 from tether.search.execution.launcher import Launcher
 from tether.search.execution.launcher import TrialProcess
-from tether.search.execution.tickets import Heartbeat
 from tether.search.execution.tickets import requeue
+from tether.search.storage import Heartbeat
+from tether.search.storage import backend_of
+from tether.search.storage import storage_of
+from tether.search.storage import trial_id_of
 
 
 _log = logging.getLogger(__name__)
@@ -151,13 +154,12 @@ def set_user_attrs(trial: optuna.Trial, **attrs: Any) -> None:
     per attribute on every trial."""
     if not attrs:
         return
-    storage = trial.study._storage
-    many = getattr(getattr(storage, "_backend", storage), "set_trial_user_attrs", None)
+    many = getattr(backend_of(storage_of(trial.study)), "set_trial_user_attrs", None)
     if many is None:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
     else:
-        many(trial._trial_id, attrs)
+        many(trial_id_of(trial), attrs)
 
 
 def _exit_message(code: int) -> str:
@@ -243,7 +245,7 @@ def tell_once(
         else:
             study.tell(trial, state=state)
     except (UpdateFinishedTrialError, ValueError):  # ValueError: "Cannot tell a FAIL trial."
-        if not study._storage.get_trial(trial._trial_id).state.is_finished():
+        if not storage_of(study).get_trial(trial_id_of(trial)).state.is_finished():
             raise
         return False
     return True
@@ -265,7 +267,7 @@ def run_claimed(
 ) -> str:
     """Run a claimed trial to its end, tell the study once, and say how it went in a line.
 
-    Under a :class:`~tether.search.execution.tickets.Heartbeat`: ``recipe(trial)`` samples the
+    Under a :class:`~tether.search.storage.Heartbeat`: ``recipe(trial)`` samples the
     parameters and returns the recipe, :func:`run_trial` runs it (one log file per trial under
     ``log_dir/<study name>``), and the value, PRUNED or FAIL is told. Anything unexpected (a bug,
     the storage gone for longer than it retries) fails the trial and is raised.
