@@ -1,4 +1,4 @@
-"""The one exception type that means "the user gave us something we cannot use"."""
+"""The exceptions every layer shares (torch-free): bad input, and a stop from outside."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ class ConfigError(ValueError):
 
     The worker and the CLI turn it into one line on stderr and exit code 2, with no traceback.
     ``kind`` says which part of the input was wrong (``config``, ``data``, ``model``,
-    ``checkpoint``), so that a harness can tell a bad trial from a crash.
+    ``checkpoint``, ``storage``), so that a harness can tell a bad trial from a crash.
 
     Example:
         >>> raise ConfigError("train.epochs must be >= 1, got 0")
@@ -20,3 +20,11 @@ class ConfigError(ValueError):
     def __init__(self, message: str, *, kind: str = "config") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt.
+
+    The ``tether`` command installs the handler: a preemption (Kubernetes, Slurm) then stops
+    a search as the first Ctrl-C does, and the command exits 143 instead of 130.
+    """

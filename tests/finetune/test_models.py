@@ -34,6 +34,7 @@ from tether.finetune.models import register_local_model
 from tether.finetune.models import weights_choices
 from tether.finetune.models.digits_cnn import DigitsCNN
 from tether.finetune.models.heads import head_adapter
+from tether.finetune.models.zoo import check_model
 from tether.finetune.models.zoo import create_model
 from tether.finetune.models.zoo import model_class
 
@@ -131,7 +132,9 @@ def test_head_names() -> None:
 
 
 def test_flatten_is_not_defined_for_vit() -> None:
-    message = _error(lambda: ModelConfig(name="vit_b_16", weights="none", head="flatten"), "model")
+    message = _error(
+        lambda: check_model(ModelConfig(name="vit_b_16", weights="none", head="flatten")), "model"
+    )
     assert message.startswith("model.head 'flatten' is not defined for vit_b_16")
 
 
@@ -197,13 +200,13 @@ def test_default_config() -> None:
 
 
 def test_unknown_name_lists_the_choices() -> None:
-    message = _error(lambda: ModelConfig(name="resnet5"), "model")
+    message = _error(lambda: check_model(ModelConfig(name="resnet5")), "model")
     assert message.startswith("model.name 'resnet5' is not a known model; choose from ")
     assert f"choose from {', '.join(list_models())}" in message
 
 
 def test_unsupported_family_lists_the_families() -> None:
-    message = _error(lambda: ModelConfig(name="densenet121"), "model")
+    message = _error(lambda: check_model(ModelConfig(name="densenet121")), "model")
     assert message == (
         "model.name 'densenet121' is a DenseNet, a family with no head adapter; supported "
         f"families: {', '.join(list_head_families())}"
@@ -216,7 +219,7 @@ def test_weights_accepted(weights: str) -> None:
 
 
 def test_unknown_weights_lists_the_enum() -> None:
-    message = _error(lambda: ModelConfig(name="resnet50", weights="FOO"), "model")
+    message = _error(lambda: check_model(ModelConfig(name="resnet50", weights="FOO")), "model")
     assert message == (
         "model.weights 'FOO' is not a weights of resnet50; "
         "choose from DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2, none"
@@ -226,13 +229,18 @@ def test_unknown_weights_lists_the_enum() -> None:
 
 def test_weights_of_another_enum_are_refused() -> None:
     message = _error(
-        lambda: ModelConfig(name="resnet50", weights="ResNet18_Weights.IMAGENET1K_V1"), "model"
+        lambda: check_model(
+            ModelConfig(name="resnet50", weights="ResNet18_Weights.IMAGENET1K_V1")
+        ),
+        "model",
     )
     assert message.startswith("model.weights 'ResNet18_Weights.IMAGENET1K_V1' is not a weights")
 
 
 def test_digits_source_is_only_for_digits_cnn() -> None:
-    message = _error(lambda: ModelConfig(name="resnet50", weights="digits-source"), "model")
+    message = _error(
+        lambda: check_model(ModelConfig(name="resnet50", weights="digits-source")), "model"
+    )
     assert message.startswith(
         "model.weights 'digits-source' is not a weights of resnet50 (it belongs to digits-cnn)"
     )
@@ -240,7 +248,7 @@ def test_digits_source_is_only_for_digits_cnn() -> None:
 
 
 def test_digits_cnn_takes_no_torchvision_weights() -> None:
-    message = _error(lambda: ModelConfig(name="digits-cnn"), "model")
+    message = _error(lambda: check_model(ModelConfig(name="digits-cnn")), "model")
     assert message == (
         "model.weights 'DEFAULT' is not a weights of digits-cnn; choose from digits-source, none"
     )

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from tests.conftest import tiny_digits_recipe
 from tether.errors import ConfigError
 from tether.finetune.data import Split
 from tether.finetune.recipe import recipe_from_dict
@@ -30,6 +29,7 @@ from tether.finetune.training.relabel import LabelCorrection
 from tether.finetune.training.relabel import Reweighting
 from tether.finetune.training.relabel import relabel_summary
 from tether.finetune.training.relabel import weighted_loss
+from tether.testing.specs import tiny_digits_recipe
 
 
 def _log(probs: list[list[float]]) -> torch.Tensor:

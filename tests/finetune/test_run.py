@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import tiny_digits_recipe
 from tether.finetune.recipe import recipe_from_dict
 from tether.finetune.regularizers import list_penalties
 from tether.finetune.run import run
 from tether.finetune.training.loop import Stopped
+from tether.testing.specs import tiny_digits_recipe
 
 
 def _run(data: dict[str, Any], cache_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:

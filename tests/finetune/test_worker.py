@@ -10,7 +10,7 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.conftest import tiny_digits_recipe
+from tether.testing.specs import tiny_digits_recipe
 
 
 def _worker(recipe: object, cache_dir: Path, tmp_path: Path) -> subprocess.Popen[str]:

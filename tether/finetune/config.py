@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 import contextlib
 import dataclasses
-import math
 import types
 import typing
 from typing import Any
@@ -23,6 +22,8 @@ from typing import Union
 import yaml
 
 from tether.errors import ConfigError
+from tether.jsondata import deep_copy
+from tether.jsondata import json_safe
 
 
 T = TypeVar("T")
@@ -120,18 +121,9 @@ def _convert_scalar(tp: Any, value: Any, key: str) -> Any:
 
 
 def to_dict(config: object) -> dict[str, Any]:
-    """A JSON- and YAML-safe dict of a config dataclass (``inf`` becomes the string "inf")."""
-    return typing.cast(dict[str, Any], _plain(dataclasses.asdict(config)))  # type: ignore[call-overload]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return value
+    """A JSON- and YAML-safe dict of a config dataclass (``inf`` becomes the string "inf",
+    as :func:`~tether.jsondata.json_safe` has it)."""
+    return typing.cast(dict[str, Any], json_safe(dataclasses.asdict(config)))  # type: ignore[call-overload]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -148,7 +140,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of ``data`` with each ``dotted.key=value`` set (intermediate mappings created)."""
-    out = _deep_copy(data)
+    out: dict[str, Any] = deep_copy(data)
     for text in overrides:
         path, value = parse_override(text)
         node = out
@@ -159,10 +151,6 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
             node = child
         node[path[-1]] = value
     return out
-
-
-def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
 def read_yaml(path: str) -> dict[str, Any]:

@@ -8,9 +8,7 @@ Events are plain dicts (the JSON-lines protocol of :mod:`tether.finetune.worker`
 from __future__ import annotations
 
 from collections.abc import Callable
-import hashlib
 import importlib.metadata
-import json
 import os
 from pathlib import Path
 import platform
@@ -41,6 +39,7 @@ from tether.finetune.training.loop import EpochStats
 from tether.finetune.training.loop import Trainer
 from tether.finetune.training.loop import evaluate
 from tether.finetune.training.relabel import relabel_summary
+from tether.jsondata import json_digest
 from tether.version import __version__
 
 
@@ -84,7 +83,7 @@ def _build(recipe: Recipe, task: TaskData, cache_dir: Path) -> BuiltModel:
 def _cache_key(recipe: Recipe, built: BuiltModel, task: TaskData) -> str:
     identity = {"model": recipe.model.name, "weights": built.weights, "head": built.head,
                 "data": task.fingerprint}  # fmt: skip
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return json_digest(identity)[:16]
 
 
 def versions() -> dict[str, str]:
@@ -103,11 +102,15 @@ def versions() -> dict[str, str]:
 def run(
     recipe: Recipe,
     *,
-    emit: Emit,
+    emit: Emit = lambda event: None,
     cache_dir: Path | None = None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> dict[str, Any]:
     """Fine-tune once as ``recipe`` says; emit events; return the ``result`` event.
+
+    ``emit`` receives every event of the worker protocol (:mod:`tether.finetune.worker`) as
+    it happens, ``print`` for instance; the caches live in ``cache_dir`` (default
+    ``$TETHER_CACHE_DIR``, else ``~/.cache/tether``).
 
     Raises:
         ConfigError: bad input (data, model, checkpoint, group names).

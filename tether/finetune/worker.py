@@ -25,7 +25,6 @@ import argparse
 from collections.abc import Callable
 from collections.abc import Sequence
 import json
-import math
 import signal
 import sys
 import threading
@@ -35,6 +34,7 @@ from typing import TextIO
 
 from tether.errors import ConfigError
 from tether.finetune.config import read_yaml
+from tether.jsondata import json_safe
 
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_STOPPED = 0, 1, 2, 143
@@ -50,19 +50,8 @@ class JsonLines:
     def __call__(self, event: dict[str, Any]) -> None:
         if event.get("event") == "epoch":
             self.last_epoch = int(event["epoch"])
-        self.stream.write(json.dumps(_finite(event)) + "\n")
+        self.stream.write(json.dumps(json_safe(event)) + "\n")
         self.stream.flush()
-
-
-def _finite(value: Any) -> Any:
-    """Non-finite floats as strings ("nan", "inf"): the stream stays strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def read_recipe_data(source: str) -> dict[str, Any]:
@@ -102,12 +91,14 @@ def execute(
 
     import torch
 
+    from tether.finetune.models.zoo import check_model
     from tether.finetune.recipe import recipe_from_dict
     from tether.finetune.run import run
     from tether.finetune.training.loop import Stopped
 
     try:
         recipe = recipe_from_dict(data, overrides)
+        check_model(recipe.model)
         run(
             recipe,
             emit=emit,

@@ -610,3 +610,45 @@ def test_offsets_helper_sees_the_head_from_zero() -> None:
     head = refs["fc.weight"]
     torch.testing.assert_close(offsets(head), model.fc.weight.detach().double())
     assert float(offsets(refs["stem.0.weight"]).abs().max()) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("norm", "mode", "relative"),
+    [("mars", "rescale", False), ("mars", "exact", False), ("frob", "rescale", True)],
+)
+def test_a_resnet_is_projected_as_the_reference_loop_projects_it(
+    norm: Norm, mode: Mode, relative: bool
+) -> None:
+    """The vectorised plan (row blocks, chunks, the BatchNorm diagonal) against the plain
+    per-tensor loop of :mod:`tether.testing.reference`, on every tensor of a ResNet-18."""
+    from tether.testing.reference import NaiveProjection
+
+    torch.manual_seed(0)
+    model = resnet18(num_classes=10)
+    model.train()
+    model(torch.randn(4, 3, 32, 32))  # BatchNorm running variances away from 1
+    constraint = DistanceConstraint(
+        model, norm=norm, radius=0.01, head_radius=0.5, head="fc", mode=mode, relative=relative,
+        chunk=4096,  # many chunks, rows split across them
+    )  # fmt: skip
+    oracle_model = copy.deepcopy(model)
+    oracle_constraint = DistanceConstraint(
+        oracle_model, norm=norm, radius=0.01, head_radius=0.5, head="fc", relative=relative
+    )
+    oracle = NaiveProjection(
+        oracle_constraint.targets,
+        oracle_constraint.reference,
+        oracle_constraint.radii,
+        norm=norm,
+        exact=mode == "exact",
+        relative=relative,
+    )
+    with torch.no_grad():
+        for pair in zip(model.parameters(), oracle_model.parameters(), strict=True):
+            nudge = 0.05 * torch.randn_like(pair[0])
+            for p in pair:
+                p.add_(nudge)
+    constraint.project_()
+    oracle.project_()
+    for (name, got), want in zip(model.named_parameters(), oracle_model.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=name)

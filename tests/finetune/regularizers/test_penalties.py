@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,15 +16,18 @@ from tests.finetune.conftest import TinyNet
 from tests.finetune.conftest import params
 from tests.finetune.conftest import perturb_
 from tests.finetune.conftest import tiny_net
+from tests.finetune.regularizers.conftest import penalty_context
+from tests.finetune.regularizers.conftest import penalty_value
+from tests.finetune.regularizers.conftest import two_linears
 from tether.errors import ConfigError
 from tether.finetune.layers import LayerGroups
 from tether.finetune.regularizers import BasePenalty
 from tether.finetune.regularizers import DistancePenalty
 from tether.finetune.regularizers import NoPenalty
 from tether.finetune.regularizers import PenaltyConfig
-from tether.finetune.regularizers import PenaltyContext
 from tether.finetune.regularizers import build_penalty
 from tether.finetune.regularizers import list_penalties
+from tether.finetune.regularizers import penalty_info
 
 
 # DELTA, BSS and L2-SP-Fisher need a forward pass or a source task: they have their own files.
@@ -32,27 +37,11 @@ BETA = 0.07
 INPUTS = torch.zeros(2, 3, 8, 8)
 
 
-def _context(
-    model: nn.Module, tmp_path: Path, groups: LayerGroups = TINY_GROUPS
-) -> PenaltyContext:
-    return PenaltyContext(
-        model=model,
-        head="fc",
-        groups=groups,
-        train_images=torch.zeros(4, 3, 8, 8, dtype=torch.uint8),
-        train_labels=torch.zeros(4, dtype=torch.long),
-        transform=lambda x: x.float() / 255,
-        device=torch.device("cpu"),
-        cache_dir=tmp_path,
-        cache_key="0" * 16,
-    )
-
-
 def _penalty(
     name: str, model: nn.Module, tmp_path: Path, *, beta: float = BETA, include: str = "weights"
 ) -> BasePenalty:
     cfg = PenaltyConfig(name=name, alpha=ALPHA, beta=beta, include=include)  # type: ignore[arg-type]
-    return build_penalty(cfg, _context(model, tmp_path))
+    return build_penalty(cfg, penalty_context(model, tmp_path))
 
 
 # --------------------------------------------------------------- the tests' own formulas
@@ -258,3 +247,89 @@ def test_penalty_config_rejects_unknown_names() -> None:
         PenaltyConfig(name="l3-sp")
     for name in PENALTIES:
         assert name in str(info.value)
+
+
+NEW = ("l1-sp", "bss", "l2-sp-fisher")
+
+
+# --------------------------------------------------------------------------------- registry
+
+
+def test_the_new_penalties_are_registered_with_a_description() -> None:
+    for name in NEW:
+        assert name in list_penalties()
+        assert penalty_info(name).description
+    with pytest.raises(ConfigError) as info:
+        PenaltyConfig(name="l3-sp")
+    for name in NEW:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"k": 0}, "penalty.k must be an integer >= 1, got 0"),
+        ({"k": True}, "penalty.k"),
+        ({"fisher_samples": 0}, "penalty.fisher_samples must be an integer >= 1"),
+        ({"fisher_epsilon": -1e-3}, "penalty.fisher_epsilon must be >= 0"),
+        ({"fisher_epsilon": math.inf}, "penalty.fisher_epsilon must be finite"),
+        ({"fisher_data": " "}, "penalty.fisher_data must be a folder path"),
+    ],
+)
+def test_bad_settings_name_their_key(kwargs: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        PenaltyConfig(name="l2-sp-fisher", **kwargs)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_the_defaults() -> None:
+    cfg = PenaltyConfig(name="bss")
+    assert (cfg.k, cfg.fisher_samples, cfg.fisher_epsilon, cfg.fisher_data) == (
+        1, 512, 1e-3, None,
+    )  # fmt: skip
+
+
+# -------------------------------------------------------------------------------------- L1-SP
+
+
+def test_l1sp_by_hand(tmp_path: Path) -> None:
+    """alpha sum |w - w0| + beta/2 ||w_head||^2 (wd_mode 4: the head keeps the L2 term)."""
+    model, groups = two_linears()
+    cfg = PenaltyConfig(name="l1-sp", alpha=0.1, beta=0.01)
+    penalty = build_penalty(cfg, penalty_context(model, tmp_path, head="1", groups=groups))
+    # at W0: 0.01/2 * (1 + 4)
+    assert penalty_value(penalty) == pytest.approx(0.025, rel=1e-6)
+    with torch.no_grad():
+        model.get_parameter("0.weight").add_(torch.tensor([[1.0, 0.0], [0.0, -2.0]]))
+    # 0.1 * (1 + 2) + 0.025
+    value = penalty(torch.zeros(1))
+    assert float(value.detach()) == pytest.approx(0.325, rel=1e-6)
+    value.backward()
+    grad = model.get_parameter("0.weight").grad
+    assert grad is not None
+    torch.testing.assert_close(grad, torch.tensor([[0.1, 0.0], [0.0, -0.1]]))
+    head_grad = model.get_parameter("1.weight").grad
+    torch.testing.assert_close(head_grad, 0.01 * model.get_parameter("1.weight").detach())
+
+
+@pytest.mark.parametrize("include", ["weights", "all"])
+def test_l1sp_on_a_network_matches_the_formula(include: str, tmp_path: Path) -> None:
+    model = tiny_net()
+    w0 = params(model)
+    cfg = PenaltyConfig(name="l1-sp", alpha=0.3, beta=0.07, include=include)  # type: ignore[arg-type]
+    penalty = build_penalty(cfg, penalty_context(model, tmp_path))
+    perturb_(model, 0.2)
+    matrices = {
+        f"{n}.weight"
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear) and not n.startswith("fc")
+    }
+    expected = 0.0
+    for name, param in model.named_parameters():
+        if name.startswith("fc"):
+            continue
+        if include == "all" or name in matrices:  # no gammas, biases, betas with "weights"
+            expected += 0.3 * float((param.detach().double() - w0[name].double()).abs().sum())
+    expected += 0.07 / 2 * float(model.fc.weight.detach().double().square().sum())
+    assert penalty_value(penalty) == pytest.approx(expected, rel=1e-5)

@@ -9,8 +9,6 @@ target task is few-shot classification of ``target_classes``.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +17,7 @@ from tether.errors import ConfigError
 from tether.finetune.data.config import DataConfig
 from tether.finetune.data.types import Split
 from tether.finetune.data.types import TaskData
+from tether.jsondata import json_digest
 
 
 FORMAT_VERSION = 1
@@ -109,7 +108,7 @@ def load_digits_task(cfg: DataConfig) -> TaskData:
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        fingerprint=hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest(),
+        fingerprint=json_digest(payload),
         source=digits_source_split(cfg),
     )
 

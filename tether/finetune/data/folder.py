@@ -10,12 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-import hashlib
-import json
 import os
 from pathlib import Path
 import sys
-import tempfile
 import threading
 import time
 
@@ -25,9 +22,11 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from tether.errors import ConfigError
+from tether.files import atomic_write
 from tether.finetune.data.config import DataConfig
 from tether.finetune.data.types import Split
 from tether.finetune.data.types import TaskData
+from tether.jsondata import json_digest
 
 
 FORMAT_VERSION = 1
@@ -155,7 +154,7 @@ def _load_split_folders(cfg: DataConfig, root: Path, *, cache_dir: Path, workers
         images, key = _decoded(root, files, cfg, cache_dir=cache_dir, workers=workers)
         splits[s] = Split(images=images, labels=torch.tensor(labels, dtype=torch.int64))
         keys.append(key)
-    fingerprint = _digest({"version": FORMAT_VERSION, "layout": "splits", "images": keys})
+    fingerprint = json_digest({"version": FORMAT_VERSION, "layout": "splits", "images": keys})
     return TaskData(
         name=root.name,
         classes=classes,
@@ -195,7 +194,7 @@ def _load_fraction_split(
     for s in SPLITS:
         index = torch.cat(parts[s])
         splits[s] = Split(images=images[index].contiguous(), labels=label_tensor[index])
-    fingerprint = _digest(
+    fingerprint = json_digest(
         {
             "version": FORMAT_VERSION,
             "layout": "fractions",
@@ -265,7 +264,7 @@ def _decoded(
         except OSError as exc:
             raise ConfigError(f"data.root: cannot read {root / rel}: {exc}", kind="data") from exc
         listing.append([rel.as_posix(), stat.st_size, stat.st_mtime_ns])
-    key = _digest(
+    key = json_digest(
         {
             "version": FORMAT_VERSION,
             "root": str(root),
@@ -361,17 +360,5 @@ def _read_cache(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
 
 
 def _write_cache(path: Path, images: torch.Tensor) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"version": FORMAT_VERSION, "images": images}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _digest(payload: object) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    payload = {"version": FORMAT_VERSION, "images": images}
+    atomic_write(path, lambda handle: torch.save(payload, handle))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -17,6 +19,11 @@ from tether.finetune.models.heads import replace_head
 from tether.finetune.models.zoo import NO_WEIGHTS
 from tether.finetune.models.zoo import create_model
 from tether.finetune.models.zoo import model_class
+
+
+if TYPE_CHECKING:
+    from tether.finetune.layers import LayerGroups
+    from tether.finetune.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -84,3 +91,18 @@ def build_model(
         model, name=cfg.name, num_classes=num_classes, head=cfg.head, image_size=image_size
     )
     return BuiltModel(model=model, head=head, name=cfg.name, weights=loaded)
+
+
+def build_skeleton(recipe: Recipe) -> tuple[BuiltModel, LayerGroups]:
+    """The recipe's model without pretrained weights, and its layer groups.
+
+    What the names radii and penalties may use come from: nothing is downloaded and no
+    checkpoint is read. The head has the target task's classes for the digits task, two
+    otherwise (its size does not change the groups).
+    """
+    from tether.finetune.layers import layer_groups
+
+    model_cfg = replace(recipe.model, weights=NO_WEIGHTS, checkpoint=None)
+    n_classes = len(recipe.data.target_classes) if recipe.data.kind == "digits" else 2
+    built = build_model(model_cfg, num_classes=n_classes, image_size=recipe.data.image_size)
+    return built, layer_groups(built.model, head=built.head)

@@ -1,4 +1,11 @@
-"""The model section of a fine-tuning recipe (``model:`` in configs/*.yaml)."""
+"""The model section of a fine-tuning recipe (``model:`` in configs/*.yaml). Imports no torch.
+
+A config checks its own form (strings where strings belong, a known head); whether the name is
+a model torchvision (or Tether) has, with those weights and that head, is
+:func:`tether.finetune.models.zoo.check_model`'s question, which imports torchvision. Building
+the model asks it too, and so do ``load_recipe`` and the verbs that run trials, before they
+write anything.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +13,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tether.errors import ConfigError
-from tether.finetune.models.heads import check_head
-from tether.finetune.models.heads import head_adapter
-from tether.finetune.models.zoo import check_weights
-from tether.finetune.models.zoo import model_class
+
+
+HEADS = ("flatten", "gap")
 
 
 @dataclass(frozen=True)
@@ -30,7 +36,7 @@ class ModelConfig:
             (on the flattened final feature map, as in the MARS-PGM paper); see
             :mod:`tether.finetune.models.heads`.
 
-    Validation checks names only: nothing is downloaded and the checkpoint is not opened.
+    Nothing is downloaded and the checkpoint is not opened.
 
     Example:
         >>> ModelConfig(name="resnet18", weights="IMAGENET1K_V1", head="flatten").head
@@ -43,13 +49,22 @@ class ModelConfig:
     head: Literal["gap", "flatten"] = "gap"
 
     def __post_init__(self) -> None:
-        """Validate every field; the message of each error starts with the dotted key."""
-        cls = model_class(self.name)
-        if self.checkpoint is None:
-            check_weights(self.name, self.weights)
-        elif not isinstance(self.checkpoint, str) or not self.checkpoint:
+        """Validate the form of every field; each message starts with the dotted key."""
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"model.name must be a model name, got {self.name!r}", kind="model")
+        if not isinstance(self.weights, str) or not self.weights:
+            raise ConfigError(
+                f"model.weights must be a weights name or none, got {self.weights!r}",
+                kind="model",
+            )
+        if self.checkpoint is not None and (
+            not isinstance(self.checkpoint, str) or not self.checkpoint
+        ):
             raise ConfigError(
                 f"model.checkpoint must be a file path, got {self.checkpoint!r}",
                 kind="checkpoint",
             )
-        check_head(head_adapter(cls, name=self.name), self.head, name=self.name)
+        if self.head not in HEADS:
+            raise ConfigError(
+                f"model.head {self.head!r} is not a head; choose from {', '.join(HEADS)}"
+            )

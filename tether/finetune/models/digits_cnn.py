@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from pathlib import Path
 import sys
-import tempfile
 import time
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from tether.files import atomic_write
 from tether.finetune.data.config import DataConfig
 from tether.finetune.data.digits import digits_source_split
+from tether.jsondata import json_digest
 
 
 FORMAT_VERSION = 1
@@ -96,20 +94,12 @@ def pretrained_source_checkpoint(
         "epochs": epochs,
         "seed": SOURCE_SEED,
     }
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    key = json_digest(payload)
     path = Path(cache_dir) / "digits" / f"source-{key}.pt"
     if _loadable(path):
         return path
     state = _pretrain(cfg, epochs=epochs, widths=widths)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(state, handle))
     return path
 
 

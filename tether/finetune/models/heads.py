@@ -53,10 +53,8 @@ from torchvision.models import ResNet
 from torchvision.models import VisionTransformer
 
 from tether.errors import ConfigError
+from tether.finetune.models.config import HEADS
 from tether.finetune.models.digits_cnn import DigitsCNN
-
-
-HEADS = ("flatten", "gap")
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,6 @@ torchvision weights         the torchvision model as published    ``penalty.fish
 from __future__ import annotations
 
 from collections.abc import Callable
-import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -43,14 +41,11 @@ from tether.finetune.models.zoo import NO_WEIGHTS
 from tether.finetune.models.zoo import create_model
 from tether.finetune.regularizers import SourceTask
 from tether.finetune.regularizers._fisher import NO_SOURCE
+from tether.jsondata import json_digest
 
 
 FORMAT_VERSION = 1
 DIGITS_SOURCE = "digits-source"
-
-
-def _digest(payload: object) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _is_digits_source(model: ModelConfig) -> bool:
@@ -128,7 +123,7 @@ def source_images(
             "source_classes": list(data.source_classes),
             "image_size": data.image_size,
         }
-        return digits_source_split(data).images, _digest(payload)
+        return digits_source_split(data).images, json_digest(payload)
     raise ConfigError(NO_SOURCE)
 
 
@@ -145,7 +140,7 @@ def source_task(
         images, images_id = source_images(model, data, folder=folder, cache_dir=cache_dir)
         network, network_id = source_network(model, data, cache_dir=cache_dir)
         transform = BatchTransform(data, train=False)
-        fingerprint = _digest(
+        fingerprint = json_digest(
             {
                 "version": FORMAT_VERSION,
                 "network": network_id,

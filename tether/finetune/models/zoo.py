@@ -27,7 +27,9 @@ from torch import nn
 import torchvision
 
 from tether.errors import ConfigError
+from tether.finetune.models.config import ModelConfig
 from tether.finetune.models.digits_cnn import DigitsCNN
+from tether.finetune.models.heads import check_head
 from tether.finetune.models.heads import head_adapter
 from tether.finetune.models.heads import is_supported
 
@@ -139,6 +141,26 @@ def check_weights(name: str, weights: str) -> None:
         f"choose from {', '.join(weights_choices(name))}",
         kind="model",
     )
+
+
+def check_model(cfg: ModelConfig) -> None:
+    """Check a model config against what torchvision and Tether have: the name, the weights
+    (unless a checkpoint replaces them) and the head. Nothing is downloaded or read.
+
+    Raises:
+        ConfigError: (kind ``model``) the first of these that is not there; the message
+            lists the valid choices.
+
+    Example:
+        >>> check_model(ModelConfig(name="resnet5"))
+        Traceback (most recent call last):
+        ...
+        tether.errors.ConfigError: model.name 'resnet5' is not a known model; choose from ...
+    """
+    cls = model_class(cfg.name)
+    if cfg.checkpoint is None:
+        check_weights(cfg.name, cfg.weights)
+    check_head(head_adapter(cls, name=cfg.name), cfg.head, name=cfg.name)
 
 
 def create_model(name: str, weights: str) -> tuple[nn.Module, str]:

@@ -13,11 +13,11 @@ from tether.finetune.layers import HEAD
 from tether.finetune.layers import LayerGroups
 from tether.finetune.layers import layer_groups
 from tether.finetune.regularizers._base import BaseProjection
-from tether.finetune.regularizers._plan import NORMS
-from tether.finetune.regularizers._plan import Norm
 from tether.finetune.regularizers._plan import ProjectionPlan
 from tether.finetune.regularizers._reference import Reference
 from tether.finetune.regularizers._targets import collect_targets
+from tether.finetune.regularizers.config import NORMS
+from tether.finetune.regularizers.config import Norm
 
 
 Mode = Literal["rescale", "exact"]

@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Sequence
 import copy
-import hashlib
 import json
-import os
 from pathlib import Path
 import sys
 from typing import Any
@@ -25,7 +23,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from tether.errors import ConfigError
+from tether.files import atomic_write
 from tether.finetune.regularizers._context import PenaltyContext
+from tether.jsondata import json_digest
 
 
 _CACHE_VERSION = 1
@@ -86,7 +86,7 @@ def _cache_path(ctx: PenaltyContext, layers: Sequence[str], **params: int) -> Pa
         "version": _CACHE_VERSION,
         **params,
     }
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    key = json_digest(payload)
     return ctx.cache_dir / "delta" / f"{key}.json"
 
 
@@ -111,9 +111,7 @@ def _save_cache(path: Path, layers: Sequence[str], scores: Mapping[str, torch.Te
         "layers": list(layers),
         "scores": {name: [float(v) for v in scores[name].tolist()] for name in layers},
     }
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: handle.write(json.dumps(data).encode()))
 
 
 def _layer_channels(net: nn.Module, layers: Sequence[str], x: torch.Tensor) -> dict[str, int]:

@@ -37,13 +37,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
-import hashlib
-import json
 import math
-import os
 from pathlib import Path
 import sys
-import tempfile
 from typing import Any
 
 import torch
@@ -54,6 +50,7 @@ from torch.func import vmap
 import torch.nn.functional as F
 
 from tether.errors import ConfigError
+from tether.files import atomic_write
 from tether.finetune.layers import HEAD
 from tether.finetune.regularizers._context import PenaltyContext
 from tether.finetune.regularizers._context import SourceTask
@@ -61,6 +58,7 @@ from tether.finetune.regularizers._delta_scores import logits_of
 from tether.finetune.regularizers._sp import DistancePenalty
 from tether.finetune.regularizers._sp import Include
 from tether.finetune.regularizers._sp import penalised_targets
+from tether.jsondata import json_digest
 
 
 _CACHE_VERSION = 1
@@ -201,7 +199,7 @@ def _looped_squares(
 
 
 def _cache_path(cache_dir: Path, payload: Mapping[str, Any]) -> Path:
-    key = hashlib.sha256(json.dumps(dict(payload), sort_keys=True).encode()).hexdigest()
+    key = json_digest(dict(payload))
     return Path(cache_dir) / "fisher" / f"{key}.pt"
 
 
@@ -222,15 +220,8 @@ def _load_cache(path: Path) -> dict[str, torch.Tensor] | None:
 
 
 def _save_cache(path: Path, fisher: Mapping[str, torch.Tensor], *, samples: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"version": _CACHE_VERSION, "samples": samples, "fisher": dict(fisher)}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    payload = {"version": _CACHE_VERSION, "samples": samples, "fisher": dict(fisher)}
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def source_fisher(

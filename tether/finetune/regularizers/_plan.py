@@ -38,7 +38,6 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 import math
-from typing import Literal
 
 import torch
 
@@ -48,10 +47,10 @@ from tether.finetune.regularizers._l1ball import project_rows_l1
 from tether.finetune.regularizers._reference import Reference
 from tether.finetune.regularizers._targets import Target
 from tether.finetune.regularizers._targets import row_view
+from tether.finetune.regularizers.config import NORMS
+from tether.finetune.regularizers.config import Norm
 
 
-Norm = Literal["mars", "frob"]
-NORMS: tuple[Norm, ...] = ("mars", "frob")
 DEFAULT_CPU_CHUNK = 1 << 20
 PACK_FRACTION = 16  # tensors under chunk / PACK_FRACTION elements share chunks
 

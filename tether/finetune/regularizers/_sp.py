@@ -70,8 +70,9 @@ class DistancePenalty(BasePenalty):
         >>> from torchvision.models import resnet18
         >>> model = resnet18(num_classes=3)
         >>> penalty = DistancePenalty(model, head="fc", distance="squared", alpha=0.1, beta=0.01)
-        >>> float(penalty(torch.zeros(1)))  # at W0 only the head term is left
-        > 0
+        >>> at_w0 = penalty(torch.zeros(1)).item()  # only the head term: beta ||W_head||^2
+        >>> round(at_w0 / (0.01 * model.fc.weight.detach().pow(2).sum().item()), 5)
+        1.0
     """
 
     def __init__(

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
+import typing
 from typing import Literal
 
 from tether.errors import ConfigError
+from tether.finetune.regularizers.penalties import PENALTIES
+
+
+Norm = Literal["mars", "frob"]
+"""The distances a constraint or penalty measures: max absolute row sum, or Frobenius."""
+NORMS: tuple[Norm, ...] = typing.get_args(Norm)
 
 
 @dataclass(frozen=True)
@@ -17,7 +24,7 @@ class ConstraintConfig:
     with ``scale`` set, the base of the layer-wise schedule ``radius * scale**depth``.
     """
 
-    norm: Literal["none", "mars", "frob"] = "none"
+    norm: Literal["none", Norm] = "none"
     radius: float | dict[str, float] = math.inf
     scale: float | None = None
     head_radius: float = math.inf
@@ -85,13 +92,7 @@ class PenaltyConfig:
     fisher_data: str | None = None
 
     def __post_init__(self) -> None:
-        from tether.finetune.regularizers._registry import list_penalties
-
-        if self.name not in list_penalties():
-            raise ConfigError(
-                f"penalty.name {self.name!r} is not a penalty; "
-                f"choose from {', '.join(list_penalties())}"
-            )
+        PENALTIES.get(self.name, key="penalty.name")
         for key in ("alpha", "beta", "fisher_epsilon"):
             value = getattr(self, key)
             if not value >= 0:

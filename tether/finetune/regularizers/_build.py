@@ -1,12 +1,11 @@
-"""Names -> regularisers. Strings become objects here and nowhere else.
+"""The built-in penalty builders, and the two functions that build a recipe's regularisers.
 
-A new penalty is one file and one ``@register_penalty`` entry; nothing else changes.
+:mod:`tether.finetune.regularizers.penalties` names each builder here; this module is
+imported only when a run builds its regularisers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torch import nn
@@ -21,6 +20,7 @@ from tether.finetune.regularizers._constraint import DistanceConstraint
 from tether.finetune.regularizers._context import PenaltyContext
 from tether.finetune.regularizers._reference import Reference
 from tether.finetune.regularizers._sp import DistancePenalty
+from tether.finetune.regularizers.penalties import penalty_info
 
 
 if TYPE_CHECKING:
@@ -28,93 +28,44 @@ if TYPE_CHECKING:
     from tether.finetune.regularizers.config import PenaltyConfig
 
 
-Builder = Callable[["PenaltyConfig", PenaltyContext], BasePenalty]
-
-
-@dataclass(frozen=True)
-class PenaltyInfo:
-    """A registered penalty: its name, one line for ``--help``, and how to build it."""
-
-    name: str
-    description: str
-    build: Builder
-
-
-_PENALTIES: dict[str, PenaltyInfo] = {}
-
-
-def register_penalty(name: str, description: str) -> Callable[[Builder], Builder]:
-    """Register a penalty builder under ``name`` (duplicates are an error)."""
-
-    def decorator(build: Builder) -> Builder:
-        if name in _PENALTIES:
-            raise ValueError(f"penalty {name!r} is already registered")
-        _PENALTIES[name] = PenaltyInfo(name, description, build)
-        return build
-
-    return decorator
-
-
-def list_penalties() -> list[str]:
-    """The registered penalty names, sorted."""
-    return sorted(_PENALTIES)
-
-
-def penalty_info(name: str) -> PenaltyInfo:
-    return _PENALTIES[name]
-
-
 def build_penalty(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
-    """The penalty a recipe names, built for one run."""
-    return _PENALTIES[cfg.name].build(cfg, ctx)
+    """The penalty a recipe names, built for one run (:mod:`.penalties` holds the names)."""
+    return penalty_info(cfg.name).builder()(cfg, ctx)
 
 
-@register_penalty("none", "no loss term: standard fine-tuning")
-def _none(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
+def no_penalty(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
     return NoPenalty()
 
 
-@register_penalty("l2-sp", "alpha/2 ||w - w0||^2 + beta/2 ||w_head||^2 (Li et al., ICML 2018)")
-def _l2sp(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
+def l2_sp(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
     return DistancePenalty(
         ctx.model, head=ctx.head, groups=ctx.groups, distance="squared",
         alpha=cfg.alpha, beta=cfg.beta, half=True, include=cfg.include,
     )  # fmt: skip
 
 
-@register_penalty("frob-sp", "alpha ||W - W0||_F^2 per layer + beta ||W_head||_F^2 (MARS code)")
-def _frobsp(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
+def frob_sp(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
     return DistancePenalty(
         ctx.model, head=ctx.head, groups=ctx.groups, distance="squared",
         alpha=cfg.alpha, beta=cfg.beta, include=cfg.include,
     )  # fmt: skip
 
 
-@register_penalty(
-    "mars-sp", "alpha sum_layers ||W - W0||_mars + beta ||W_head||_mars (Gouk et al. 2021)"
-)
-def _marssp(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
+def mars_sp(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
     return DistancePenalty(
         ctx.model, head=ctx.head, groups=ctx.groups, distance="mars",
         alpha=cfg.alpha, beta=cfg.beta, include=cfg.include,
     )  # fmt: skip
 
 
-@register_penalty(
-    "l1-sp", "alpha sum |w - w0| + beta/2 ||w_head||^2 (L1-SP, Li et al., ICML 2018)"
-)
-def _l1sp(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
+def l1_sp(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
     return DistancePenalty(
         ctx.model, head=ctx.head, groups=ctx.groups, distance="l1", head_distance="squared",
         alpha=cfg.alpha, beta=cfg.beta, half=True, include=cfg.include,
     )  # fmt: skip
 
 
-@register_penalty(
-    "l2-sp-fisher",
-    "alpha/2 sum F (w - w0)^2 + beta/2 ||w_head||^2, F = source Fisher (Li et al., ICML 2018)",
-)
-def _l2sp_fisher(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
+def l2_sp_fisher(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
     from tether.finetune.regularizers._fisher import build_fisher
 
     return build_fisher(
@@ -123,17 +74,13 @@ def _l2sp_fisher(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
     )  # fmt: skip
 
 
-@register_penalty(
-    "bss", "alpha * k smallest squared singular values of the features (Chen et al., 2019)"
-)
-def _bss(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
+def bss(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
     from tether.finetune.regularizers._bss import BatchSpectralShrinkage
 
     return BatchSpectralShrinkage(ctx.model, head=ctx.head, eta=cfg.alpha, k=cfg.k)
 
 
-@register_penalty("delta", "attention-weighted feature-map distance (Li et al., ICLR 2019)")
-def _delta(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
+def delta(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
     from tether.finetune.regularizers._delta import build_delta
 
     return build_delta(

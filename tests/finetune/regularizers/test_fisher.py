@@ -1,8 +1,7 @@
-"""L1-SP, BSS and L2-SP-Fisher: formulas by hand, hooks, the Fisher, its cache, end to end."""
+"""L2-SP-Fisher: the Fisher by hand and by vmap, its cache, the source network, end to end."""
 
 from __future__ import annotations
 
-import gc
 import math
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,12 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from tests.conftest import tiny_digits_recipe
-from tests.finetune.conftest import TINY_GROUPS
-from tests.finetune.conftest import params
 from tests.finetune.conftest import perturb_
 from tests.finetune.conftest import tiny_net
+from tests.finetune.regularizers.conftest import penalty_context
+from tests.finetune.regularizers.conftest import penalty_value
 from tether.errors import ConfigError
 from tether.finetune.data import DataConfig
-from tether.finetune.layers import LayerGroups
 from tether.finetune.layers import layer_groups
 from tether.finetune.models import ModelConfig
 from tether.finetune.models import build_model
@@ -31,254 +28,19 @@ from tether.finetune.models.source import source_images
 from tether.finetune.models.source import source_network
 from tether.finetune.models.source import source_task
 from tether.finetune.recipe import recipe_from_dict
-from tether.finetune.regularizers import BasePenalty
 from tether.finetune.regularizers import PenaltyConfig
 from tether.finetune.regularizers import PenaltyContext
 from tether.finetune.regularizers import build_penalty
-from tether.finetune.regularizers import list_penalties
-from tether.finetune.regularizers import penalty_info
-from tether.finetune.regularizers._bss import BatchSpectralShrinkage
-from tether.finetune.regularizers._bss import spectral_shrinkage
 from tether.finetune.regularizers._fisher import NO_SOURCE
 from tether.finetune.regularizers._fisher import fisher_diagonal
 from tether.finetune.regularizers._fisher import fisher_importance
 from tether.finetune.regularizers._fisher import source_fisher
 from tether.finetune.regularizers._targets import collect_targets
 from tether.finetune.run import run
+from tether.testing.specs import tiny_digits_recipe
 
 
-NEW = ("l1-sp", "bss", "l2-sp-fisher")
 DIGITS_SOURCE = ModelConfig(name="digits-cnn", weights="digits-source")
-
-
-def _context(
-    model: nn.Module,
-    cache_dir: Path,
-    *,
-    head: str = "fc",
-    groups: LayerGroups = TINY_GROUPS,
-    source: Any = None,
-) -> PenaltyContext:
-    return PenaltyContext(
-        model=model,
-        head=head,
-        groups=groups,
-        train_images=torch.zeros(4, 3, 8, 8, dtype=torch.uint8),
-        train_labels=torch.zeros(4, dtype=torch.long),
-        transform=lambda x: x.float() / 255,
-        device=torch.device("cpu"),
-        cache_dir=cache_dir,
-        cache_key="0" * 16,
-        source=source,
-    )
-
-
-def _two_linears() -> tuple[nn.Sequential, LayerGroups]:
-    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False))
-    with torch.no_grad():
-        model.get_parameter("0.weight").copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
-        model.get_parameter("1.weight").copy_(torch.tensor([[1.0, 0.0], [0.0, -2.0]]))
-    return model, LayerGroups({"extractor": ("0",), "head": ("1",)})
-
-
-def _value(penalty: BasePenalty) -> float:
-    return float(penalty(torch.zeros(2, 3, 8, 8)).detach())
-
-
-# --------------------------------------------------------------------------------- registry
-
-
-def test_the_new_penalties_are_registered_with_a_description() -> None:
-    for name in NEW:
-        assert name in list_penalties()
-        assert penalty_info(name).description
-    with pytest.raises(ConfigError) as info:
-        PenaltyConfig(name="l3-sp")
-    for name in NEW:
-        assert name in str(info.value)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "needle"),
-    [
-        ({"k": 0}, "penalty.k must be an integer >= 1, got 0"),
-        ({"k": True}, "penalty.k"),
-        ({"fisher_samples": 0}, "penalty.fisher_samples must be an integer >= 1"),
-        ({"fisher_epsilon": -1e-3}, "penalty.fisher_epsilon must be >= 0"),
-        ({"fisher_epsilon": math.inf}, "penalty.fisher_epsilon must be finite"),
-        ({"fisher_data": " "}, "penalty.fisher_data must be a folder path"),
-    ],
-)
-def test_bad_settings_name_their_key(kwargs: dict[str, Any], needle: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        PenaltyConfig(name="l2-sp-fisher", **kwargs)
-    assert needle in str(info.value)
-    assert "\n" not in str(info.value)
-
-
-def test_the_defaults() -> None:
-    cfg = PenaltyConfig(name="bss")
-    assert (cfg.k, cfg.fisher_samples, cfg.fisher_epsilon, cfg.fisher_data) == (
-        1, 512, 1e-3, None,
-    )  # fmt: skip
-
-
-# -------------------------------------------------------------------------------------- L1-SP
-
-
-def test_l1sp_by_hand(tmp_path: Path) -> None:
-    """alpha sum |w - w0| + beta/2 ||w_head||^2 (wd_mode 4: the head keeps the L2 term)."""
-    model, groups = _two_linears()
-    cfg = PenaltyConfig(name="l1-sp", alpha=0.1, beta=0.01)
-    penalty = build_penalty(cfg, _context(model, tmp_path, head="1", groups=groups))
-    # at W0: 0.01/2 * (1 + 4)
-    assert _value(penalty) == pytest.approx(0.025, rel=1e-6)
-    with torch.no_grad():
-        model.get_parameter("0.weight").add_(torch.tensor([[1.0, 0.0], [0.0, -2.0]]))
-    # 0.1 * (1 + 2) + 0.025
-    value = penalty(torch.zeros(1))
-    assert float(value.detach()) == pytest.approx(0.325, rel=1e-6)
-    value.backward()
-    grad = model.get_parameter("0.weight").grad
-    assert grad is not None
-    torch.testing.assert_close(grad, torch.tensor([[0.1, 0.0], [0.0, -0.1]]))
-    head_grad = model.get_parameter("1.weight").grad
-    torch.testing.assert_close(head_grad, 0.01 * model.get_parameter("1.weight").detach())
-
-
-@pytest.mark.parametrize("include", ["weights", "all"])
-def test_l1sp_on_a_network_matches_the_formula(include: str, tmp_path: Path) -> None:
-    model = tiny_net()
-    w0 = params(model)
-    cfg = PenaltyConfig(name="l1-sp", alpha=0.3, beta=0.07, include=include)  # type: ignore[arg-type]
-    penalty = build_penalty(cfg, _context(model, tmp_path))
-    perturb_(model, 0.2)
-    matrices = {
-        f"{n}.weight"
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Conv2d | nn.Linear) and not n.startswith("fc")
-    }
-    expected = 0.0
-    for name, param in model.named_parameters():
-        if name.startswith("fc"):
-            continue
-        if include == "all" or name in matrices:  # no gammas, biases, betas with "weights"
-            expected += 0.3 * float((param.detach().double() - w0[name].double()).abs().sum())
-    expected += 0.07 / 2 * float(model.fc.weight.detach().double().square().sum())
-    assert _value(penalty) == pytest.approx(expected, rel=1e-5)
-
-
-# ---------------------------------------------------------------------------------------- BSS
-
-
-def test_spectral_shrinkage_of_a_diagonal_by_hand() -> None:
-    features = torch.zeros(3, 5)
-    features[:3, :3] = torch.diag(torch.tensor([3.0, 2.0, 1.0]))
-    assert float(spectral_shrinkage(features, 1)) == pytest.approx(1.0)
-    assert float(spectral_shrinkage(features, 2)) == pytest.approx(5.0)
-    assert float(spectral_shrinkage(features, 3)) == pytest.approx(14.0)
-    # k above min(b, d) = 3: every singular value, the squared Frobenius norm
-    assert float(spectral_shrinkage(features, 10)) == pytest.approx(14.0)
-
-
-@pytest.mark.parametrize(("b", "d", "k"), [(8, 5, 1), (8, 5, 3), (4, 12, 2)])
-def test_spectral_shrinkage_equals_the_smallest_eigenvalues_of_f_ft(
-    b: int, d: int, k: int
-) -> None:
-    features = torch.randn(b, d, generator=torch.Generator().manual_seed(b + d))
-    gram = (
-        features.double() @ features.double().T
-        if b <= d
-        else features.double().T @ features.double()
-    )
-    smallest = torch.linalg.eigvalsh(gram)[:k].sum()  # ascending; squared singular values
-    assert float(spectral_shrinkage(features, k)) == pytest.approx(float(smallest), rel=1e-4)
-    svd = torch.linalg.svdvals(features.double())
-    assert float(spectral_shrinkage(features, k)) == pytest.approx(
-        float(svd[-k:].square().sum()), rel=1e-5
-    )
-
-
-def _mlp() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
-
-
-def test_bss_uses_the_head_input_of_the_last_forward_and_its_gradient() -> None:
-    model = _mlp()
-    cfg = PenaltyConfig(name="bss", alpha=0.5, k=2)
-    penalty = build_penalty(cfg, _context(model, Path("."), head="2"))
-    x = torch.randn(10, 4, generator=torch.Generator().manual_seed(1))
-    model(x)
-    value = penalty(x)
-    features = model[1](model[0](x))
-    expected = 0.5 * torch.linalg.svdvals(features)[-2:].square().sum()
-    assert float(value.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
-    first = model.get_parameter("0.weight")
-    (grad,) = torch.autograd.grad(value, first)
-    (want,) = torch.autograd.grad(expected, first)
-    assert float(grad.abs().sum()) > 0
-    torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-6)
-
-
-def test_bss_gradient_shrinks_the_smallest_singular_value() -> None:
-    model = _mlp()
-    penalty = BatchSpectralShrinkage(model, head="2", eta=1.0, k=1)
-    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(2))
-    model(x)
-    before = float(penalty(x).detach())
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    for _ in range(5):
-        model(x)
-        value = penalty(x)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-    model(x)
-    assert float(penalty(x).detach()) < before
-
-
-def test_bss_needs_a_forward_with_gradients_and_uses_it_once() -> None:
-    model = _mlp()
-    penalty = BatchSpectralShrinkage(model, head="2", eta=1.0)
-    x = torch.randn(5, 4)
-    with pytest.raises(RuntimeError, match="run model\\(inputs\\)"):
-        penalty(x)
-    with torch.no_grad():  # evaluation: nothing captured
-        model(x)
-    with pytest.raises(RuntimeError, match="run model\\(inputs\\)"):
-        penalty(x)
-    model(x)
-    penalty(x)
-    with pytest.raises(RuntimeError, match="run model\\(inputs\\)"):
-        penalty(x)
-    model(x)
-    with pytest.raises(RuntimeError, match="batch of 5"):
-        penalty(torch.randn(3, 4))
-
-
-def test_bss_hook_goes_with_remove_and_with_the_penalty() -> None:
-    model = _mlp()
-    head = model[2]
-    penalty = BatchSpectralShrinkage(model, head="2", eta=1.0)
-    assert len(head._forward_pre_hooks) == 1
-    penalty.remove()
-    assert len(head._forward_pre_hooks) == 0
-    penalty.remove()  # twice is fine
-    penalty = BatchSpectralShrinkage(model, head="2", eta=1.0)
-    assert len(head._forward_pre_hooks) == 1
-    del penalty
-    gc.collect()
-    assert len(head._forward_pre_hooks) == 0
-
-
-def test_bss_bad_arguments() -> None:
-    with pytest.raises(ConfigError, match="no module named 'head'"):
-        BatchSpectralShrinkage(_mlp(), head="head", eta=1.0)
-    with pytest.raises(ConfigError, match="penalty.k"):
-        BatchSpectralShrinkage(_mlp(), head="2", eta=1.0, k=0)
-    with pytest.raises(ConfigError, match="penalty.alpha"):
-        BatchSpectralShrinkage(_mlp(), head="2", eta=-1.0)
 
 
 # ------------------------------------------------------------------------------ L2-SP-Fisher
@@ -349,7 +111,9 @@ def test_digits_fisher_is_positive_normalised_and_shaped_like_the_model(
 ) -> None:
     model, head = _digits_model(cache_dir)
     groups = layer_groups(model, head=head)
-    ctx = _context(model, tmp_path, head=head, groups=groups, source=_digits_source(cache_dir))
+    ctx = penalty_context(
+        model, tmp_path, head=head, groups=groups, source=_digits_source(cache_dir)
+    )
     fisher = source_fisher(ctx, samples=64)
     shapes = {
         t.name: tuple(t.param.shape)
@@ -378,7 +142,9 @@ def test_fisher_is_cached_and_keyed(
 
     model, head = _digits_model(cache_dir)
     groups = layer_groups(model, head=head)
-    ctx = _context(model, tmp_path, head=head, groups=groups, source=_digits_source(cache_dir))
+    ctx = penalty_context(
+        model, tmp_path, head=head, groups=groups, source=_digits_source(cache_dir)
+    )
     cfg = PenaltyConfig(name="l2-sp-fisher", alpha=0.1, fisher_samples=32)
     first = build_penalty(cfg, ctx)
     assert "computing the diagonal Fisher information" in capsys.readouterr().err
@@ -394,7 +160,7 @@ def test_fisher_is_cached_and_keyed(
         again = build_penalty(cfg, ctx)
     assert "reusing cached Fisher information" in capsys.readouterr().err
     perturb_(model, 0.05)
-    assert _value(again) == pytest.approx(_value(first), rel=1e-6)
+    assert penalty_value(again) == pytest.approx(penalty_value(first), rel=1e-6)
     build_penalty(PenaltyConfig(name="l2-sp-fisher", fisher_samples=16), ctx)
     assert len(list((tmp_path / "fisher").glob("*.pt"))) == 2
     assert not list((tmp_path / "fisher").glob("*.tmp"))
@@ -413,26 +179,32 @@ def test_fisher_of_ones_gives_l2sp(
     model = tiny_net()
     common: dict[str, Any] = {"alpha": 0.3, "beta": 0.07, "include": include}
     fisher = build_penalty(
-        PenaltyConfig(name="l2-sp-fisher", fisher_epsilon=0.0, **common), _context(model, tmp_path)
+        PenaltyConfig(name="l2-sp-fisher", fisher_epsilon=0.0, **common),
+        penalty_context(model, tmp_path),
     )
-    l2sp = build_penalty(PenaltyConfig(name="l2-sp", **common), _context(model, tmp_path))
+    l2sp = build_penalty(PenaltyConfig(name="l2-sp", **common), penalty_context(model, tmp_path))
     perturb_(model, 0.2)
-    assert _value(fisher) == pytest.approx(_value(l2sp), rel=1e-6)
+    assert penalty_value(fisher) == pytest.approx(penalty_value(l2sp), rel=1e-6)
     # F = 1 everywhere, plus epsilon = 1: twice l2-sp's pretrained term, the same head term
     floored = build_penalty(
-        PenaltyConfig(name="l2-sp-fisher", fisher_epsilon=1.0, **common), _context(model, tmp_path)
+        PenaltyConfig(name="l2-sp-fisher", fisher_epsilon=1.0, **common),
+        penalty_context(model, tmp_path),
     )
-    l2sp_now = build_penalty(PenaltyConfig(name="l2-sp", **common), _context(model, tmp_path))
+    l2sp_now = build_penalty(
+        PenaltyConfig(name="l2-sp", **common), penalty_context(model, tmp_path)
+    )
     perturb_(model, 0.2, seed=5)
     head = 0.07 / 2 * float(model.fc.weight.detach().double().square().sum())
-    assert _value(l2sp_now) - head > 0.1
-    assert _value(floored) - head == pytest.approx(2 * (_value(l2sp_now) - head), rel=1e-5)
+    assert penalty_value(l2sp_now) - head > 0.1
+    assert penalty_value(floored) - head == pytest.approx(
+        2 * (penalty_value(l2sp_now) - head), rel=1e-5
+    )
 
 
 def test_fisher_needs_source_images(tmp_path: Path) -> None:
     cfg = PenaltyConfig(name="l2-sp-fisher")
     with pytest.raises(ConfigError) as info:
-        build_penalty(cfg, _context(tiny_net(), tmp_path))
+        build_penalty(cfg, penalty_context(tiny_net(), tmp_path))
     assert str(info.value) == NO_SOURCE
     # a torchvision network on the digits task: no source images; fails before any download
     provider = source_task(
@@ -440,13 +212,15 @@ def test_fisher_needs_source_images(tmp_path: Path) -> None:
         cache_dir=tmp_path,
     )  # fmt: skip
     with pytest.raises(ConfigError) as info:
-        build_penalty(cfg, _context(tiny_net(), tmp_path, source=provider))
+        build_penalty(cfg, penalty_context(tiny_net(), tmp_path, source=provider))
     assert str(info.value) == (
         "penalty l2-sp-fisher needs source images: set penalty.fisher_data to a folder of "
         "source-domain images (the digits task provides its own)"
     )
     # alpha = 0: no Fisher term, nothing loaded
-    build_penalty(PenaltyConfig(name="l2-sp-fisher", alpha=0.0), _context(tiny_net(), tmp_path))
+    build_penalty(
+        PenaltyConfig(name="l2-sp-fisher", alpha=0.0), penalty_context(tiny_net(), tmp_path)
+    )
 
 
 def test_fisher_names_a_parameter_that_does_not_match() -> None:
