@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from tether.errors import ConfigError
+from tether.registry import Registry
 
 
 HEAD = "head"
@@ -100,16 +101,14 @@ class LayerGroups:
 
 
 _Rule = Callable[[nn.Module], dict[str, tuple[str, ...]]]
-_RULES: list[tuple[str, Callable[[nn.Module], bool], _Rule]] = []
+_RULES: Registry[tuple[Callable[[nn.Module], bool], _Rule]] = Registry("layer-group family")
 
 
 def register_groups(family: str, matches: Callable[[nn.Module], bool]) -> Callable[[_Rule], _Rule]:
     """Register the extractor grouping of a model family (a new family is one function)."""
 
     def decorator(rule: _Rule) -> _Rule:
-        if any(name == family for name, _, _ in _RULES):
-            raise ValueError(f"layer-group family {family!r} is already registered")
-        _RULES.append((family, matches, rule))
+        _RULES.add(family, (matches, rule))
         return rule
 
     return decorator
@@ -179,7 +178,7 @@ def layer_groups(model: nn.Module, *, head: str) -> LayerGroups:
         model.get_submodule(head)
     except AttributeError:
         raise ConfigError(f"the model has no module named {head!r} to use as the head") from None
-    for _, matches, rule in _RULES:
+    for matches, rule in _RULES.values():
         if matches(model):
             groups = rule(model)
             owned = {

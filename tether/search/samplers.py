@@ -3,14 +3,15 @@
 Strings become Optuna objects here and nowhere else. A new sampler or pruner is one
 ``@register_sampler`` / ``@register_pruner`` function.
 
-Seed policy: with ``seed: null`` every process draws its own random seed; with ``seed: S`` the
-worker numbered ``w`` uses ``S + w``, so parallel workers never share a seed and never propose
-the same first points (Optuna's samplers page: "use either seed=None or different seed values
-among processes"; optuna#4714). Optuna does not store samplers or pruners in its storage, so
-every worker rebuilds them from the same spec.
+Seed policy: with ``seed: null`` every process draws its own random seed; with ``seed: S`` a
+process with seed offset ``w`` uses ``S + w`` (``tether run``: 0, each ``tether worker``: its
+own), so parallel processes never share a seed and never propose the same first points (Optuna's
+samplers page: "use either seed=None or different seed values among processes"; optuna#4714).
+Optuna does not store samplers or pruners in its storage, so every worker rebuilds them from the
+same spec.
 
 Example:
-    >>> type(make_sampler(SamplerConfig(name="tpe", seed=7), worker=1)).__name__
+    >>> type(make_sampler(SamplerConfig(name="tpe", seed=7), offset=1)).__name__
     'TPESampler'
     >>> type(make_pruner(PrunerConfig(name="hyperband"), epochs=30)).__name__
     'HyperbandPruner'
@@ -25,6 +26,7 @@ import importlib.util
 import optuna
 
 from tether.errors import ConfigError
+from tether.registry import Registry
 
 
 SEED_MODULUS = 2**32
@@ -38,11 +40,7 @@ class SamplerConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in _SAMPLERS:
-            raise ConfigError(
-                f"sampler.name {self.name!r} is not a sampler; choose from "
-                f"{', '.join(list_samplers())}"
-            )
+        _SAMPLERS.get(self.name, key="sampler.name")
         if self.seed is not None and self.seed < 0:
             raise ConfigError(f"sampler.seed must be >= 0 or null, got {self.seed!r}")
 
@@ -60,11 +58,7 @@ class PrunerConfig:
     n_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
-        if self.name not in _PRUNERS:
-            raise ConfigError(
-                f"pruner.name {self.name!r} is not a pruner; choose from "
-                f"{', '.join(list_pruners())}"
-            )
+        _PRUNERS.get(self.name, key="pruner.name")
         for key in ("n_startup_trials", "n_warmup_steps"):
             value = getattr(self, key)
             if value < 0:
@@ -73,42 +67,28 @@ class PrunerConfig:
 
 SamplerBuilder = Callable[[int | None], optuna.samplers.BaseSampler]
 PrunerBuilder = Callable[[PrunerConfig, int], optuna.pruners.BasePruner]
-_SAMPLERS: dict[str, SamplerBuilder] = {}
-_PRUNERS: dict[str, PrunerBuilder] = {}
+_SAMPLERS: Registry[SamplerBuilder] = Registry("sampler")
+_PRUNERS: Registry[PrunerBuilder] = Registry("pruner")
 
 
 def register_sampler(name: str) -> Callable[[SamplerBuilder], SamplerBuilder]:
     """Register a sampler builder ``(seed) -> sampler`` under ``name`` (a new name)."""
-
-    def decorator(build: SamplerBuilder) -> SamplerBuilder:
-        if name in _SAMPLERS:
-            raise ValueError(f"sampler {name!r} is already registered")
-        _SAMPLERS[name] = build
-        return build
-
-    return decorator
+    return _SAMPLERS.register(name)
 
 
 def register_pruner(name: str) -> Callable[[PrunerBuilder], PrunerBuilder]:
     """Register a pruner builder ``(config, epochs) -> pruner`` under ``name`` (a new name)."""
-
-    def decorator(build: PrunerBuilder) -> PrunerBuilder:
-        if name in _PRUNERS:
-            raise ValueError(f"pruner {name!r} is already registered")
-        _PRUNERS[name] = build
-        return build
-
-    return decorator
+    return _PRUNERS.register(name)
 
 
 def list_samplers() -> list[str]:
     """The registered sampler names, sorted."""
-    return sorted(_SAMPLERS)
+    return _SAMPLERS.names()
 
 
 def list_pruners() -> list[str]:
     """The registered pruner names, sorted."""
-    return sorted(_PRUNERS)
+    return _PRUNERS.names()
 
 
 @register_sampler("tpe")
@@ -161,30 +141,31 @@ def _none(cfg: PrunerConfig, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def worker_seed(seed: int | None, worker: int) -> int | None:
-    """The sampler seed of worker ``worker``: ``None`` stays ``None``, else ``seed + worker``.
+def offset_seed(seed: int | None, offset: int) -> int | None:
+    """The sampler seed of a process with seed offset ``offset``: ``None`` stays ``None``,
+    else ``seed + offset``.
 
     Example:
-        >>> worker_seed(10, 0), worker_seed(10, 3), worker_seed(None, 3)
+        >>> offset_seed(10, 0), offset_seed(10, 3), offset_seed(None, 3)
         (10, 13, None)
     """
-    if worker < 0:
-        raise ValueError(f"worker must be >= 0, got {worker!r}")
-    return None if seed is None else (seed + worker) % SEED_MODULUS
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset!r}")
+    return None if seed is None else (seed + offset) % SEED_MODULUS
 
 
-def make_sampler(cfg: SamplerConfig, *, worker: int) -> optuna.samplers.BaseSampler:
-    """The sampler ``cfg`` names, seeded for this worker (see :func:`worker_seed`).
+def make_sampler(cfg: SamplerConfig, *, offset: int) -> optuna.samplers.BaseSampler:
+    """The sampler ``cfg`` names, seeded for this process (see :func:`offset_seed`).
 
     Args:
         cfg: the spec's ``sampler:`` section.
-        worker: a number the caller derives from host, process and slot, distinct per worker.
+        offset: a number the caller derives from host and process, distinct per process.
     """
-    return _SAMPLERS[cfg.name](worker_seed(cfg.seed, worker))
+    return _SAMPLERS.get(cfg.name)(offset_seed(cfg.seed, offset))
 
 
 def make_pruner(cfg: PrunerConfig, *, epochs: int) -> optuna.pruners.BasePruner:
     """The pruner ``cfg`` names; ``epochs`` (the recipe's) is Hyperband's largest resource."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs!r}")
-    return _PRUNERS[cfg.name](cfg, epochs)
+    return _PRUNERS.get(cfg.name)(cfg, epochs)

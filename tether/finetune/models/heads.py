@@ -55,6 +55,7 @@ from torchvision.models import VisionTransformer
 from tether.errors import ConfigError
 from tether.finetune.models.config import HEADS
 from tether.finetune.models.digits_cnn import DigitsCNN
+from tether.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,7 @@ class HeadAdapter:
         return self.linear
 
 
-_ADAPTERS: dict[type[nn.Module], HeadAdapter] = {}
+_ADAPTERS: Registry[HeadAdapter] = Registry("head adapter")
 
 
 def register_head_adapter(adapter: HeadAdapter) -> HeadAdapter:
@@ -93,21 +94,27 @@ def register_head_adapter(adapter: HeadAdapter) -> HeadAdapter:
     Raises:
         ValueError: the class or the family name already has one.
     """
-    taken = {a.family for a in _ADAPTERS.values()}
-    if adapter.model_class in _ADAPTERS or adapter.family in taken:
-        raise ValueError(f"a head adapter for {adapter.family!r} is already registered")
-    _ADAPTERS[adapter.model_class] = adapter
-    return adapter
+    if any(a.model_class is adapter.model_class for a in _ADAPTERS.values()):
+        raise ValueError(
+            f"a head adapter for {adapter.model_class.__name__} is already registered"
+        )
+    return _ADAPTERS.add(adapter.family, adapter)
 
 
 def list_head_families() -> list[str]:
     """Return the sorted family names that have a head adapter."""
-    return sorted(a.family for a in _ADAPTERS.values())
+    return _ADAPTERS.names()
 
 
 def is_supported(model_class: type[nn.Module]) -> bool:
     """Whether ``model_class`` (or one of its bases) has a head adapter."""
-    return any(c in _ADAPTERS for c in model_class.__mro__)
+    return _adapter_of(model_class) is not None
+
+
+def _adapter_of(model_class: type[nn.Module]) -> HeadAdapter | None:
+    """The adapter of the first class along ``model_class``'s MRO that has one."""
+    by_class = {a.model_class: a for a in _ADAPTERS.values()}
+    return next((by_class[c] for c in model_class.__mro__ if c in by_class), None)
 
 
 def head_adapter(model_class: type[nn.Module], *, name: str) -> HeadAdapter:
@@ -120,9 +127,9 @@ def head_adapter(model_class: type[nn.Module], *, name: str) -> HeadAdapter:
     Raises:
         ConfigError: no adapter; the message lists the supported families.
     """
-    for cls in model_class.__mro__:
-        if cls in _ADAPTERS:
-            return _ADAPTERS[cls]
+    adapter = _adapter_of(model_class)
+    if adapter is not None:
+        return adapter
     raise ConfigError(
         f"model.name {name!r} is a {model_class.__name__}, a family with no head adapter; "
         f"supported families: {', '.join(list_head_families())}",

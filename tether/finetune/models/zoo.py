@@ -32,6 +32,7 @@ from tether.finetune.models.digits_cnn import DigitsCNN
 from tether.finetune.models.heads import check_head
 from tether.finetune.models.heads import head_adapter
 from tether.finetune.models.heads import is_supported
+from tether.registry import Registry
 
 
 NO_WEIGHTS = "none"
@@ -55,7 +56,7 @@ class LocalModel:
     weights: tuple[str, ...] = ()
 
 
-_LOCAL: dict[str, LocalModel] = {}
+_LOCAL: Registry[LocalModel] = Registry("model")
 
 
 def register_local_model(entry: LocalModel) -> LocalModel:
@@ -64,10 +65,9 @@ def register_local_model(entry: LocalModel) -> LocalModel:
     Raises:
         ValueError: the name is taken.
     """
-    if entry.name in _LOCAL or entry.name in _torchvision_names():
-        raise ValueError(f"model name {entry.name!r} is already registered")
-    _LOCAL[entry.name] = entry
-    return entry
+    if entry.name in _torchvision_names():
+        raise ValueError(f"model {entry.name!r} is already registered (by torchvision)")
+    return _LOCAL.add(entry.name, entry)
 
 
 @functools.cache
@@ -90,7 +90,7 @@ def _torchvision_class(name: str) -> type[nn.Module]:
 def list_models() -> list[str]:
     """Return the sorted names :func:`tether.finetune.models.build_model` accepts."""
     names = [n for n in _torchvision_names() if is_supported(_torchvision_class(n))]
-    return sorted([*names, *_LOCAL])
+    return sorted([*names, *_LOCAL.names()])
 
 
 def model_class(name: str) -> type[nn.Module]:
@@ -104,7 +104,7 @@ def model_class(name: str) -> type[nn.Module]:
             f"model.name {name!r} is not a known model; choose from {', '.join(list_models())}",
             kind="model",
         )
-    cls = _LOCAL[name].model_class if name in _LOCAL else _torchvision_class(name)
+    cls = _LOCAL.get(name).model_class if name in _LOCAL else _torchvision_class(name)
     head_adapter(cls, name=name)
     return cls
 
@@ -112,7 +112,7 @@ def model_class(name: str) -> type[nn.Module]:
 def weights_choices(name: str) -> list[str]:
     """Return the sorted values ``model.weights`` may take for model ``name``."""
     if name in _LOCAL:
-        return sorted([*_LOCAL[name].weights, NO_WEIGHTS])
+        return sorted([*_LOCAL.get(name).weights, NO_WEIGHTS])
     enum = torchvision.models.get_model_weights(name)
     return sorted([*enum.__members__, NO_WEIGHTS])
 
@@ -185,7 +185,7 @@ def create_model(name: str, weights: str) -> tuple[nn.Module, str]:
                 "model.checkpoint=PATH",
                 kind="model",
             )
-        return _LOCAL[name].create(), NO_WEIGHTS
+        return _LOCAL.get(name).create(), NO_WEIGHTS
     if weights == NO_WEIGHTS:
         return torchvision.models.get_model(name, weights=None), NO_WEIGHTS
     member = _member(name, weights)
