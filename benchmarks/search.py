@@ -3,7 +3,7 @@
     python -m benchmarks.search --trials 200 --storages journal postgres --workers 1 2 4 8
 
 Each worker is a separate process, as ``tether worker`` on another machine would be: it opens
-its own storage and runs :class:`tether.search.execution.driver.TicketRunner` (the loop of ``tether
+its own storage and runs :class:`tether.search.execution.runner.TicketRunner` (the loop of ``tether
 worker``) on one slot. Each trial takes the whole path of a real one: a ticket is claimed, 5
 parameters are sampled (TPE, a seed per worker), a worker process is forked, it reports 10 epochs
 (each an intermediate value, with the median pruner consulted), the result and the user attributes
@@ -48,14 +48,14 @@ import uuid
 
 import optuna
 
-from tether.search.execution.driver import TicketRunner
-from tether.search.execution.driver import parse_devices
 from tether.search.execution.launcher import Launcher
-from tether.search.execution.launcher import trivial_target
+from tether.search.execution.runner import TicketRunner
+from tether.search.execution.slots import parse_devices
 from tether.search.execution.tickets import enqueue_tickets
 from tether.search.samplers import SamplerConfig
 from tether.search.samplers import make_sampler
 from tether.search.storage import open_storage
+from tether.testing.targets import trivial_target
 
 
 EPOCHS = 10
@@ -145,7 +145,7 @@ def _worker(url: str, name: str, number: int, start: Barrier, work: str, results
     study = optuna.load_study(
         study_name=name,
         storage=storage,
-        sampler=make_sampler(SamplerConfig(name="tpe", seed=0), worker=number),
+        sampler=make_sampler(SamplerConfig(name="tpe", seed=0), offset=number),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=5),
     )
     timed = _Timed()

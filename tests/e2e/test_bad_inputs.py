@@ -47,6 +47,7 @@ import yaml
 from tests.conftest import ROOT
 from tether.cli import main
 from tether.finetune.models.digits_cnn import DigitsCNN
+from tether.testing.specs import tiny_digits_spec
 
 
 OPTUNA_TABLES_BY_STUDY = (
@@ -91,35 +92,17 @@ class World:
 
 
 def _spec_data(name: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "recipe": str(ROOT / "configs" / "digits.yaml"),
-        "set": {
-            "train.epochs": 1,
-            "data.shots": 5,
-            "data.val_shots": 3,
-            "data.noise": "none",
-            "data.noise_rate": 0.0,
-        },
-        "budget": {"n_trials": 2},
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"},
-        "methods": {
-            "standard": {},
-            "mars-pgm": {
-                "relative": True,
-                "radius": {"low": 0.05, "high": 1.0},
-                "head_radius": {"low": 1.0, "high": 10.0},
-                "enqueue": [{"radius": 0.1, "head_radius": 3.0}],
-            },
-        },
-        "evaluation": {"n_seeds": 1},
-    }
+    return tiny_digits_spec(
+        name,
+        recipe=str(ROOT / "configs" / "digits.yaml"),
+        sampler={"name": "random", "seed": 0},
+        evaluation={"n_seeds": 1},
+    )
 
 
 def _populate(spec_path: Path, url: str) -> None:
     """Create the spec's studies as ``tether run`` does, and finish one trial of each."""
-    from tether.search.execution.driver import create_studies
+    from tether.search.execution.studies import create_studies
     from tether.search.spec import load_spec
     from tether.search.storage import open_storage
 

@@ -21,44 +21,28 @@ from wsgiref.simple_server import make_server
 import optuna
 from optuna.trial import TrialState
 import pytest
-import yaml
 
 from tests.conftest import ROOT
 from tether.search.storage import open_storage
+from tether.testing.specs import tiny_digits_spec
+from tether.testing.specs import write_spec
 
 
 SECRET = "s3cret-pw"
 
 
 def _spec(tmp_path: Path, name: str, **changes: Any) -> Path:
-    spec: dict[str, Any] = {
-        "name": name,
-        "recipe": str(ROOT / "configs" / "digits.yaml"),
-        "set": {
-            "train.epochs": 4,
-            "train.batch_size": 25,
-            "data.shots": 5,
-            "data.val_shots": 3,
-            "data.noise": "none",
-            "data.noise_rate": 0.0,
-        },
-        "budget": {"n_trials": 3},
-        "pruner": {"name": "none"},
-        "methods": {
-            "standard": {},
-            "mars-pgm": {
-                "relative": True,
-                "radius": {"low": 0.05, "high": 1.0},
-                "head_radius": {"low": 1.0, "high": 10.0},
-                "enqueue": [{"radius": 0.1, "head_radius": 3.0}],
-            },
-        },
-        "evaluation": {"n_seeds": 2},
-    }
+    """The tiny digits spec: four epochs, three trials, two seeds; ``changes`` replace whole
+    top-level keys."""
+    spec = tiny_digits_spec(
+        name,
+        recipe=str(ROOT / "configs" / "digits.yaml"),
+        set={"train.epochs": 4, "train.batch_size": 25},
+        budget={"n_trials": 3},
+        evaluation={"n_seeds": 2},
+    )
     spec.update(changes)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    return write_spec(tmp_path, spec)
 
 
 def _env(cache_dir: Path, **extra: str) -> dict[str, str]:

@@ -38,6 +38,26 @@ def _admin_url(url: str, database: str | None = None) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def new_database(server_url: str, name: str) -> str:
+    """Create the empty database ``name`` on the server of ``server_url``; its URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    with psycopg.connect(_admin_url(server_url), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    """Drop the database of ``url`` (its connections are cut first)."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    with psycopg.connect(_admin_url(server_url), autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def pg_database(postgres_url: str) -> Iterator[str]:
     """The URL of a new, empty database on the PostgreSQL test server; dropped afterwards.
@@ -45,17 +65,11 @@ def pg_database(postgres_url: str) -> Iterator[str]:
     A test that cuts connections (``pg_terminate_backend``) or counts them
     (``pg_stat_activity``) then sees only its own.
     """
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    name = f"tether_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_admin_url(postgres_url), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+    url = new_database(postgres_url, f"tether_test_{uuid.uuid4().hex[:12]}")
     try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        with psycopg.connect(_admin_url(postgres_url), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_database(postgres_url, url)
 
 
 def pg_connect(url: str) -> Any:
@@ -83,18 +97,18 @@ def work_tickets(
 
     It opens its own storage (``StorageOptions(**options)``), loads the studies ``names`` with
     a random sampler and runs their tickets with
-    :class:`tether.search.execution.driver.TicketRunner`, whose trials run
-    :func:`tether.search.execution.launcher.trivial_target` on ``recipe`` plus a sampled ``x``. At
+    :class:`tether.search.execution.runner.TicketRunner`, whose trials run
+    :func:`tether.testing.targets.trivial_target` on ``recipe`` plus a sampled ``x``. At
     the end it writes how many trials it ran to ``log_dir/ran-<pid>.txt``.
     """
     import logging
 
-    from tether.search.execution.driver import TicketRunner
-    from tether.search.execution.driver import parse_devices
     from tether.search.execution.launcher import Launcher
-    from tether.search.execution.launcher import trivial_target
+    from tether.search.execution.runner import TicketRunner
+    from tether.search.execution.slots import parse_devices
     from tether.search.storage import StorageOptions
     from tether.search.storage import open_storage
+    from tether.testing.targets import trivial_target
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,8 +1,8 @@
 """Faults: lost connections, killed workers, dying trials, signals, a shared SQLite file.
 
 Worker processes are spawned interpreters running
-:class:`tether.search.execution.driver.TicketRunner` (the loop of ``tether worker`` without the
-spec) on :func:`tether.search.execution.launcher.trivial_target`; the signal tests run the real
+:class:`tether.search.execution.runner.TicketRunner` (the loop of ``tether worker`` without the
+spec) on :func:`tether.testing.targets.trivial_target`; the signal tests run the real
 ``tether`` command on a tiny digits spec.
 """
 
@@ -32,16 +32,16 @@ import yaml
 from tests.conftest import ROOT
 from tests.search.conftest import pg_connect
 from tests.search.conftest import trials_ran
-from tether.search.execution.driver import TicketRunner
-from tether.search.execution.driver import parse_devices
 from tether.search.execution.launcher import Launcher
-from tether.search.execution.launcher import trivial_target
+from tether.search.execution.runner import TicketRunner
+from tether.search.execution.slots import parse_devices
 from tether.search.execution.tickets import claim
 from tether.search.execution.tickets import enqueue_tickets
 from tether.search.execution.trials import tell_once
 from tether.search.storage import StorageOptions
 from tether.search.storage import open_storage
 from tether.search.storage import reap
+from tether.testing.targets import trivial_target
 
 
 FAST_HEARTBEAT: dict[str, Any] = {"heartbeat_interval": 1, "grace_period": 2}
@@ -190,31 +190,41 @@ def _assert_retried_and_completed(study: optuna.Study, killed: int, n_trials: in
     assert not _running(study)
 
 
+@pytest.fixture(params=["postgresql", "journal"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A storage several worker processes share: PostgreSQL (Optuna's heartbeats) or a journal
+    file (Tether's own)."""
+    if request.param == "journal":
+        return f"journal:{tmp_path / 'faults.journal'}"
+    url: str = request.getfixturevalue("pg_database")
+    return url
+
+
 def test_a_killed_workers_trial_is_retried_by_the_other_worker(
-    pg_database: str, start_workers: Callable[..., list[BaseProcess]]
+    shared_url: str, start_workers: Callable[..., list[BaseProcess]]
 ) -> None:
-    study = _study(pg_database, 3)
-    killed = _kill_mid_trial(pg_database, start_workers, study)
+    study = _study(shared_url, 3)
+    killed = _kill_mid_trial(shared_url, start_workers, study)
     # this one runs the other tickets, then waits: the killed worker's trial goes stale
     # within the grace period, is failed and retried, and runs here
-    (other,) = start_workers(1, pg_database, ["faults"], options=FAST_HEARTBEAT)
+    (other,) = start_workers(1, shared_url, ["faults"], options=FAST_HEARTBEAT)
     assert _join([other], 60) == [0]
     _assert_retried_and_completed(study, killed, 3)
 
 
 def test_reap_on_demand_fails_and_retries_a_dead_workers_trial(
-    pg_database: str, start_workers: Callable[..., list[BaseProcess]]
+    shared_url: str, start_workers: Callable[..., list[BaseProcess]]
 ) -> None:
-    study = _study(pg_database, 2)
-    killed = _kill_mid_trial(pg_database, start_workers, study)
-    storage = open_storage(pg_database, options=StorageOptions(**FAST_HEARTBEAT))
+    study = _study(shared_url, 2)
+    killed = _kill_mid_trial(shared_url, start_workers, study)
+    storage = open_storage(shared_url, options=StorageOptions(**FAST_HEARTBEAT))
     on_demand = optuna.load_study(study_name="faults", storage=storage)
     assert reap(on_demand) == 0  # not stale yet
     time.sleep(2.5)  # past the grace period, nobody beating
     assert reap(on_demand) == 1  # what `tether reap` does
     assert [t.state for t in study.get_trials(deepcopy=False)][killed] == TrialState.FAIL
     assert TrialState.WAITING in _states(study)
-    (worker,) = start_workers(1, pg_database, ["faults"], options=FAST_HEARTBEAT)
+    (worker,) = start_workers(1, shared_url, ["faults"], options=FAST_HEARTBEAT)
     assert _join([worker], 60) == [0]
     _assert_retried_and_completed(study, killed, 2)
 
@@ -286,7 +296,7 @@ def test_a_second_process_on_one_sqlite_file_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tether.cli import main
-    from tether.search.execution.driver import create_studies
+    from tether.search.execution.studies import create_studies
     from tether.search.spec import load_spec
 
     spec = _spec(tmp_path, "shared", epochs=1)  # were it not refused, it would end soon
@@ -371,7 +381,7 @@ def searches(
     tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
 ) -> Iterator[dict[str, _Search]]:
     """Three searches started together (their start, seconds of imports each, overlaps)."""
-    from tether.search.execution.driver import create_studies
+    from tether.search.execution.studies import create_studies
     from tether.search.spec import load_spec
 
     work = tmp_path_factory.mktemp("signals")

@@ -1,4 +1,4 @@
-"""Methods: the registry, deep_merge, and suggest() over real Optuna trials for every method."""
+"""Methods: the registry, deep_merge, and MethodSpace.suggest over real Optuna trials."""
 
 from __future__ import annotations
 
@@ -13,15 +13,13 @@ from tether.errors import ConfigError
 from tether.finetune.config import read_yaml
 from tether.finetune.recipe import Recipe
 from tether.finetune.recipe import recipe_from_dict
+from tether.jsondata import deep_merge
 from tether.search.methods import GROUP_MODES
 from tether.search.methods import GroupMode
 from tether.search.methods import Method
-from tether.search.methods import deep_merge
-from tether.search.methods import enqueue_params
 from tether.search.methods import get_method
 from tether.search.methods import list_methods
 from tether.search.methods import register_method
-from tether.search.methods import suggest
 from tether.search.spec import Choice
 from tether.search.spec import FloatRange
 from tether.search.spec import IntRange
@@ -153,7 +151,7 @@ def test_rsl_suggests_integer_epochs_into_the_train_section() -> None:
         },
         groups="geometric",
     )
-    patch = suggest("rsl", space, optuna.create_study().ask(), groups=["a", "b"])
+    patch = space.suggest(optuna.create_study().ask(), groups=["a", "b"])
     assert isinstance(patch["train"]["correct_epoch"], int)
     assert 5 <= patch["train"]["correct_epoch"] <= 40
     assert 0.5 <= patch["train"]["reweight_temperature"] <= 4.0
@@ -168,25 +166,6 @@ def test_bss_searches_its_trade_off_only() -> None:
     assert not bss.accepts("beta", "shared")
 
 
-# ---------------------------------------------------------------------------- deep_merge
-
-
-def test_deep_merge_is_nested_and_leaves_its_arguments_alone() -> None:
-    base = {"a": {"b": 1, "c": {"d": 2}}, "e": [1, 2]}
-    patch = {"a": {"c": {"d": 3, "f": 4}}, "g": 5}
-    merged = deep_merge(base, patch)
-    assert merged == {"a": {"b": 1, "c": {"d": 3, "f": 4}}, "e": [1, 2], "g": 5}
-    assert base == {"a": {"b": 1, "c": {"d": 2}}, "e": [1, 2]}
-    assert patch == {"a": {"c": {"d": 3, "f": 4}}, "g": 5}
-    merged["e"].append(3)
-    assert base["e"] == [1, 2]
-
-
-def test_deep_merge_replaces_a_scalar_by_a_mapping_and_back() -> None:
-    assert deep_merge({"r": 0.1}, {"r": {"x": 1.0}}) == {"r": {"x": 1.0}}
-    assert deep_merge({"r": {"x": 1.0}}, {"r": 0.5}) == {"r": 0.5}
-
-
 # ---------------------------------------------------------------------------- suggest
 
 
@@ -196,7 +175,7 @@ def test_suggest_gives_a_valid_recipe_with_stable_names(name: str, groups: Group
     space = _space(name, groups)
     for _ in range(3):
         trial = study.ask()
-        patch = suggest(name, space, trial, groups=GROUPS)
+        patch = space.suggest(trial, groups=GROUPS)
         recipe = recipe_from_dict(deep_merge(_digits(), patch))
         assert set(trial.params) == _expected_names(name, groups)
         for param, value in trial.params.items():
@@ -239,7 +218,7 @@ def test_standard_undoes_the_recipe_constraint_and_penalty() -> None:
     base = deep_merge(_digits(), {"penalty": {"name": "l2-sp"}, "constraint": {"scale": 2.0}})
     trial = optuna.create_study().ask()
     recipe = recipe_from_dict(
-        deep_merge(base, suggest("standard", _space("standard", "shared"), trial, groups=GROUPS))
+        deep_merge(base, _space("standard", "shared").suggest(trial, groups=GROUPS))
     )
     assert recipe.constraint.norm == "none"
     assert math.isinf(recipe.constraint.head_radius)
@@ -249,32 +228,18 @@ def test_standard_undoes_the_recipe_constraint_and_penalty() -> None:
 def test_shared_layout_clears_a_scale_left_in_the_recipe() -> None:
     base = deep_merge(_digits(), {"constraint": {"scale": 2.0}})
     trial = optuna.create_study().ask()
-    patch = suggest("mars-pgm", _space("mars-pgm", "shared"), trial, groups=GROUPS)
+    patch = _space("mars-pgm", "shared").suggest(trial, groups=GROUPS)
     assert recipe_from_dict(deep_merge(base, patch)).constraint.scale is None
 
 
 def test_fixed_options_pass_into_the_recipe_and_none_keeps_the_recipes() -> None:
     trial = optuna.create_study().ask()
     space = MethodSpace("frob-pgm", _space("frob-pgm", "shared").params, mode="exact")
-    patch = suggest("frob-pgm", space, trial, groups=GROUPS)
+    patch = space.suggest(trial, groups=GROUPS)
     recipe = recipe_from_dict(deep_merge(_digits(), patch))
     assert recipe.constraint.mode == "exact"
     assert recipe.constraint.relative is True  # configs/digits.yaml's
     assert "relative" not in patch["constraint"]
-
-
-def test_a_method_object_works_like_its_name() -> None:
-    space = _space("l2-sp", "shared")
-    a = suggest(
-        "l2-sp", space, optuna.trial.FixedTrial({"alpha": 0.1, "beta": 0.2, "lr": 1e-3}), groups=()
-    )
-    b = suggest(
-        get_method("l2-sp"),
-        space,
-        optuna.trial.FixedTrial({"alpha": 0.1, "beta": 0.2, "lr": 1e-3}),
-        groups=(),
-    )
-    assert a == b
 
 
 def test_independent_override_range_for_one_group() -> None:
@@ -282,7 +247,7 @@ def test_independent_override_range_for_one_group() -> None:
     study = optuna.create_study()
     for _ in range(5):
         trial = study.ask()
-        radii = suggest("mars-pgm", space, trial, groups=GROUPS)["constraint"]["radius"]
+        radii = space.suggest(trial, groups=GROUPS)["constraint"]["radius"]
         assert 5.0 <= radii["block3"] <= 6.0
         assert radii["block1"] <= 2.0
         study.tell(trial, 0.0)
@@ -292,13 +257,13 @@ def test_independent_names_must_be_model_groups() -> None:
     space = _space("mars-pgm", "independent", **{"radius.layer9": FloatRange(5.0, 6.0)})
     trial = optuna.create_study().ask()
     with pytest.raises(ConfigError, match=r"radius\.layer9.*block1, block2, block3"):
-        suggest("mars-pgm", space, trial, groups=GROUPS)
+        space.suggest(trial, groups=GROUPS)
 
 
 def test_independent_radii_need_the_groups() -> None:
     trial = optuna.create_study().ask()
     with pytest.raises(ConfigError, match="independent"):
-        suggest("mars-pgm", _space("mars-pgm", "independent"), trial, groups=())
+        _space("mars-pgm", "independent").suggest(trial, groups=())
 
 
 # ---------------------------------------------------------------------------- enqueue
@@ -317,10 +282,10 @@ def test_independent_radii_need_the_groups() -> None:
 def test_enqueued_points_are_honoured(name: str, groups: GroupMode, point: dict[str, Any]) -> None:
     space = _space(name, groups)
     study = optuna.create_study(direction="maximize")
-    params = enqueue_params(space, point, groups=GROUPS)
+    params = space.enqueue_params(point, groups=GROUPS)
     study.enqueue_trial(params)
     trial = study.ask()
-    patch = suggest(name, space, trial, groups=GROUPS)
+    patch = space.suggest(trial, groups=GROUPS)
     for key, value in params.items():
         assert trial.params[key] == pytest.approx(value)
     if groups == "independent":
@@ -329,4 +294,4 @@ def test_enqueued_points_are_honoured(name: str, groups: GroupMode, point: dict[
 
 def test_enqueue_params_passes_other_layouts_through() -> None:
     point = {"radius": 0.1, "head_radius": 3.0}
-    assert enqueue_params(_space("mars-pgm", "shared"), point, groups=GROUPS) == point
+    assert _space("mars-pgm", "shared").enqueue_params(point, groups=GROUPS) == point

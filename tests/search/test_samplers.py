@@ -15,13 +15,13 @@ from tether.search.samplers import list_pruners
 from tether.search.samplers import list_samplers
 from tether.search.samplers import make_pruner
 from tether.search.samplers import make_sampler
+from tether.search.samplers import offset_seed
 from tether.search.samplers import register_pruner
 from tether.search.samplers import register_sampler
-from tether.search.samplers import worker_seed
 
 
 def _first_point(cfg: SamplerConfig, worker: int) -> float:
-    study = optuna.create_study(sampler=make_sampler(cfg, worker=worker))
+    study = optuna.create_study(sampler=make_sampler(cfg, offset=worker))
     return study.ask().suggest_float("x", 1e-3, 1.0, log=True)
 
 
@@ -62,31 +62,31 @@ def test_duplicate_registration_raises() -> None:
 def test_every_sampler_builds_without_deprecated_arguments(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sampler = make_sampler(SamplerConfig(name=name, seed=3), worker=0)
+        sampler = make_sampler(SamplerConfig(name=name, seed=3), offset=0)
     assert isinstance(sampler, optuna.samplers.BaseSampler)
 
 
 def test_cmaes_builds() -> None:  # cmaes is a dependency of tether
     assert isinstance(
-        make_sampler(SamplerConfig(name="cmaes"), worker=0), optuna.samplers.CmaEsSampler
+        make_sampler(SamplerConfig(name="cmaes"), offset=0), optuna.samplers.CmaEsSampler
     )
 
 
 def test_tpe_keeps_the_optuna5_defaults() -> None:
-    sampler = make_sampler(SamplerConfig(), worker=0)
+    sampler = make_sampler(SamplerConfig(), offset=0)
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._constant_liar is True
     assert sampler._multivariate is None  # None = multivariate for one objective in Optuna 5
 
 
-def test_worker_seed_policy() -> None:
-    assert worker_seed(None, 0) is None
-    assert worker_seed(None, 7) is None
-    assert worker_seed(10, 0) == 10
-    assert worker_seed(10, 5) == 15
-    assert 0 <= worker_seed(2**32 - 1, 3) < 2**32  # type: ignore[operator]
-    with pytest.raises(ValueError, match="worker"):
-        worker_seed(1, -1)
+def test_offset_seed_policy() -> None:
+    assert offset_seed(None, 0) is None
+    assert offset_seed(None, 7) is None
+    assert offset_seed(10, 0) == 10
+    assert offset_seed(10, 5) == 15
+    assert 0 <= offset_seed(2**32 - 1, 3) < 2**32  # type: ignore[operator]
+    with pytest.raises(ValueError, match="offset"):
+        offset_seed(1, -1)
 
 
 @pytest.mark.parametrize("name", ["tpe", "random"])

@@ -1,9 +1,9 @@
 """Many worker processes on one storage: the budget runs exactly, on bounded connections.
 
 The workers are separate processes (spawned interpreters, each opening its own storage) that
-run :class:`tether.search.execution.driver.TicketRunner`, the loop of ``tether worker`` without the
+run :class:`tether.search.execution.runner.TicketRunner`, the loop of ``tether worker`` without the
 study spec: claim a ticket, heartbeat, sample, fork a trial process, tell. Their trials run
-:func:`tether.search.execution.launcher.trivial_target` instead of a fine-tuning run, so what is
+:func:`tether.testing.targets.trivial_target` instead of a fine-tuning run, so what is
 measured is the harness and the storage. (``tether worker`` itself would also import torch for the
 spec's model, 5 s and 1 GB per process, which 8 workers on this 2-core machine cannot afford.)
 """

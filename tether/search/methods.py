@@ -23,44 +23,32 @@ groups share radii: ``shared`` = one radius for all, as in the MARS-PGM paper; `
 = one parameter per group; ``geometric`` = ``radius * scale**depth``, Li & Zhang, NeurIPS 2021),
 and ``relative`` and ``mode``, passed straight into the recipe's ``constraint`` section.
 
-A new method is one ``@register_method`` function here; nothing else changes.
+A new method is one ``@register_method`` function here; nothing else changes. A trial's
+parameters are sampled into a patch by :meth:`tether.search.space.MethodSpace.suggest`; this
+module imports neither Optuna nor torch.
 
 Example:
-    >>> import optuna
-    >>> from tether.search.space import FloatRange, MethodSpace
-    >>> space = MethodSpace(
-    ...     method="mars-pgm",
-    ...     params={"radius": FloatRange(0.01, 2.0), "head_radius": FloatRange(0.5, 30.0)},
-    ... )
-    >>> trial = optuna.create_study().ask()
-    >>> sorted(suggest("mars-pgm", space, trial, groups=["block1"])["constraint"])
-    ['head_radius', 'norm', 'radius', 'scale']
+    >>> get_method("mars-pgm").patch["constraint"]
+    {'norm': 'mars'}
+    >>> get_method("mars-pgm").required_params("geometric")
+    ('radius', 'head_radius', 'scale')
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Mapping
-from collections.abc import Sequence
 from dataclasses import dataclass
 import math
-from typing import TYPE_CHECKING
 from typing import Any
 from typing import Literal
 
-from tether.errors import ConfigError
-
-
-if TYPE_CHECKING:
-    import optuna
-
-    from tether.search.space import MethodSpace
+from tether.registry import Registry
 
 
 Patch = dict[str, Any]
 GroupMode = Literal["shared", "independent", "geometric"]
 GROUP_MODES: tuple[GroupMode, ...] = ("shared", "independent", "geometric")
-NORMS = ("mars", "frob")
 
 PARAM_PATHS: dict[str, tuple[str, str]] = {
     "lr": ("train", "lr"),
@@ -130,34 +118,27 @@ class Method:
         return (*self.required, *extra)
 
 
-_METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(factory: Callable[[], Method]) -> Callable[[], Method]:
     """Register the method that ``factory`` describes (its name must be new)."""
     method = factory()
-    if method.name in _METHODS:
-        raise ValueError(f"method {method.name!r} is already registered")
     unknown = [p for p in method.params if p not in PARAM_PATHS]
     if unknown:
         raise ValueError(f"method {method.name!r} names unknown parameter {unknown[0]!r}")
-    _METHODS[method.name] = method
+    METHODS.add(method.name, method)
     return factory
 
 
 def list_methods() -> list[str]:
     """The registered method names, sorted."""
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> Method:
     """The method registered as ``name``; a :class:`ConfigError` lists the valid names."""
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown method {name!r}; choose from {', '.join(list_methods())}"
-        ) from None
+    return METHODS.get(name)
 
 
 _UNCONSTRAINED: Patch = {
@@ -310,125 +291,3 @@ def _rsl() -> Method:
         required=base.required,
         options=base.options,
     )
-
-
-def deep_merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
-    """A new dict: ``base`` with ``patch`` merged in, mapping into mapping, recursively.
-
-    A value of ``patch`` that is not a mapping (or lands on one that is not) replaces the
-    value of ``base``; neither argument is modified.
-
-    Example:
-        >>> deep_merge({"train": {"lr": 1e-3, "epochs": 9}}, {"train": {"lr": 0.1}})
-        {'train': {'lr': 0.1, 'epochs': 9}}
-    """
-    out = {k: _copy(v) for k, v in base.items()}
-    for key, value in patch.items():
-        old = out.get(key)
-        if isinstance(value, Mapping) and isinstance(old, Mapping):
-            out[key] = deep_merge(old, value)
-        else:
-            out[key] = _copy(value)
-    return out
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
-
-
-def suggest(
-    method: str | Method,
-    space: MethodSpace,
-    trial: optuna.trial.BaseTrial,
-    *,
-    groups: Sequence[str],
-) -> Patch:
-    """Sample one trial's parameters and return the recipe patch for it.
-
-    The patch is the method's fixed patch, the fixed options of ``space`` and the sampled
-    values, under the stable parameter names of this module's table.
-
-    Args:
-        method: a registered method, or its name.
-        space: the method's search space from the study spec.
-        trial: an Optuna trial (``study.ask()``, a trial in ``optimize``, or a ``FixedTrial``).
-        groups: the model's pretrained layer groups, input side first, without the head
-            (``LayerGroups.extractor``); only ``groups: independent`` needs them (the recipe
-            applies a ``geometric`` schedule to the model's groups itself).
-
-    Returns:
-        A nested dict to :func:`deep_merge` into the base recipe.
-    """
-    info = get_method(method) if isinstance(method, str) else method
-    patch = _copy(dict(info.patch))
-    constraint: Patch = patch.setdefault("constraint", {})
-    if info.constrained:
-        if space.relative is not None:
-            constraint["relative"] = space.relative
-        if space.mode is not None:
-            constraint["mode"] = space.mode
-        constraint.update(_radii(space, trial, groups))
-    for name in info.params:
-        if name in ("radius", "scale") or name not in space.params:
-            continue
-        section, key = PARAM_PATHS[name]
-        patch.setdefault(section, {})[key] = space.params[name].suggest(trial, name)
-    return patch
-
-
-def _radii(space: MethodSpace, trial: optuna.trial.BaseTrial, groups: Sequence[str]) -> Patch:
-    params = space.params
-    if space.groups == "shared":
-        return {"radius": params["radius"].suggest(trial, "radius"), "scale": None}
-    if space.groups == "geometric":
-        base = params["radius"].suggest(trial, "radius")
-        return {"radius": base, "scale": params["scale"].suggest(trial, "scale")}
-    check_group_names(space, groups)
-    radii = {}
-    for group in groups:
-        name = GROUP_PREFIX + group
-        radii[group] = params.get(name, params["radius"]).suggest(trial, name)
-    return {"radius": radii, "scale": None}
-
-
-def check_group_names(space: MethodSpace, groups: Sequence[str]) -> None:
-    """Raise :class:`ConfigError` if ``radius.<group>`` keys name a group the model lacks."""
-    if space.groups != "independent":
-        return
-    if not groups:
-        raise ConfigError("groups: independent needs the model's layer groups, got none")
-    named = [
-        k
-        for k in (*space.params, *(k for p in space.enqueue for k in p))
-        if k.startswith(GROUP_PREFIX)
-    ]
-    unknown = [k for k in named if k[len(GROUP_PREFIX) :] not in groups]
-    if unknown:
-        raise ConfigError(
-            f"methods.{space.method}.{unknown[0]} names no layer group of the model; "
-            f"its groups are {', '.join(groups)}"
-        )
-
-
-def enqueue_params(
-    space: MethodSpace, point: Mapping[str, Any], *, groups: Sequence[str]
-) -> dict[str, Any]:
-    """The Optuna parameters of one enqueued point (for ``study.enqueue_trial``).
-
-    With ``groups: independent`` a point may give ``radius``, meaning that radius for every
-    group without its own ``radius.<group>`` entry; it becomes one ``radius.<group>`` per
-    group. Every other layout passes the point through unchanged.
-    """
-    params = dict(point)
-    if space.groups != "independent":
-        return params
-    check_group_names(space, groups)
-    shared = params.pop("radius", None)
-    if shared is not None:
-        for group in groups:
-            params.setdefault(GROUP_PREFIX + group, shared)
-    return params

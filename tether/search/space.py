@@ -1,33 +1,106 @@
-"""Search spaces: the parameter ranges of a study spec and one method's space.
+"""Search spaces: the parameter ranges of a study spec, and one method's space.
 
 A parameter is a float range ``{low, high, log}`` (:class:`FloatRange`), an integer range
-(:class:`IntRange`, for the parameters :data:`tether.search.methods.INT_PARAMS` names: epochs) or a
-list of choices (:class:`Choice`). :class:`MethodSpace` is one entry of a spec's ``methods:``.
+(:class:`IntRange`, for the parameters :data:`tether.search.methods.INT_PARAMS` names: epochs)
+or a list of choices (:class:`Choice`); all three are a :class:`Param`, which samples itself
+into an Optuna trial, as Optuna's distributions and Ray Tune's domains do. A
+:class:`MethodSpace` is one entry of a spec's ``methods:`` (read and checked by
+:func:`method_spaces`): it samples a whole trial into a recipe patch, under the stable
+parameter names of :mod:`tether.search.methods`.
+
+Example:
+    >>> import optuna
+    >>> space = MethodSpace(
+    ...     method="mars-pgm",
+    ...     params={"radius": FloatRange(0.01, 2.0), "head_radius": FloatRange(0.5, 30.0)},
+    ... )
+    >>> trial = optuna.create_study().ask()
+    >>> sorted(space.suggest(trial, groups=["block1"])["constraint"])
+    ['head_radius', 'norm', 'radius', 'scale']
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 import math
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import Literal
 
-import optuna
-
 from tether.errors import ConfigError
+from tether.finetune.config import from_dict
+from tether.finetune.regularizers.config import NORMS
+from tether.jsondata import deep_copy
+from tether.jsondata import json_safe
+from tether.search.methods import CONSTRAINT_OPTIONS
 from tether.search.methods import GROUP_PREFIX
+from tether.search.methods import INT_PARAMS
+from tether.search.methods import PARAM_PATHS
 from tether.search.methods import GroupMode
+from tether.search.methods import Patch
 from tether.search.methods import get_method
+
+
+if TYPE_CHECKING:
+    import optuna
 
 
 ChoiceValue = str | int | float | bool | None
 
 
+class Param(abc.ABC):
+    """A searched parameter's domain: what it samples, holds, and reads back as YAML."""
+
+    @abc.abstractmethod
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> Any:
+        """Sample the value of parameter ``name`` for ``trial``."""
+
+    @abc.abstractmethod
+    def contains(self, value: object) -> bool:
+        """Whether ``value`` is in the domain."""
+
+    @abc.abstractmethod
+    def ends(self) -> tuple[Any, Any]:
+        """The two extreme values (probed when the spec loads)."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """The domain in words, for messages."""
+
+    @abc.abstractmethod
+    def to_data(self) -> Any:
+        """The YAML form."""
+
+
 @dataclass(frozen=True)
-class FloatRange:
+class _Range(Param):
+    """Numbers from ``low`` to ``high``, log-uniform when ``log``."""
+
+    low: Any
+    high: Any
+    log: bool
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ConfigError(f"low must be < high, got low={self.low!r}, high={self.high!r}")
+        if self.log and not self.low > 0:
+            raise ConfigError(
+                f"low must be > 0 on a log scale (or set log: false), got {self.low!r}"
+            )
+
+    def ends(self) -> tuple[Any, Any]:
+        return self.low, self.high
+
+    def to_data(self) -> dict[str, Any]:
+        return {"low": self.low, "high": self.high, "log": self.log}
+
+
+@dataclass(frozen=True)
+class FloatRange(_Range):
     """A float parameter between ``low`` and ``high``, log-uniform unless ``log`` is false."""
 
     low: float
@@ -37,37 +110,40 @@ class FloatRange:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.low) and math.isfinite(self.high)):
             raise ConfigError(f"low and high must be finite, got {self.low!r}, {self.high!r}")
-        if not self.low < self.high:
-            raise ConfigError(f"low must be < high, got low={self.low!r}, high={self.high!r}")
-        if self.log and not self.low > 0:
-            raise ConfigError(
-                f"low must be > 0 on a log scale (or set log: false), got {self.low!r}"
-            )
+        super().__post_init__()
 
     def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> float:
-        """Sample the value of parameter ``name`` for ``trial``."""
         return trial.suggest_float(name, self.low, self.high, log=self.log)
 
     def contains(self, value: object) -> bool:
-        """Whether ``value`` is a number inside the range."""
         number = isinstance(value, int | float) and not isinstance(value, bool)
         return number and self.low <= value <= self.high  # type: ignore[operator]
 
-    def ends(self) -> tuple[float, float]:
-        """The two extreme values (probed when the spec loads)."""
-        return self.low, self.high
-
     def describe(self) -> str:
-        """The range in words, for messages."""
         return f"[{self.low!r}, {self.high!r}]{' (log)' if self.log else ''}"
-
-    def to_data(self) -> dict[str, Any]:
-        """The YAML form."""
-        return {"low": self.low, "high": self.high, "log": self.log}
 
 
 @dataclass(frozen=True)
-class Choice:
+class IntRange(_Range):
+    """An integer parameter from ``low`` to ``high`` inclusive (uniform unless ``log``)."""
+
+    low: int
+    high: int
+    log: bool = False
+
+    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, log=self.log)
+
+    def contains(self, value: object) -> bool:
+        integer = isinstance(value, int) and not isinstance(value, bool)
+        return integer and self.low <= value <= self.high  # type: ignore[operator]
+
+    def describe(self) -> str:
+        return f"integers [{self.low!r}, {self.high!r}]{' (log)' if self.log else ''}"
+
+
+@dataclass(frozen=True)
+class Choice(Param):
     """A categorical parameter: one of ``choices``."""
 
     choices: tuple[ChoiceValue, ...]
@@ -82,11 +158,9 @@ class Choice:
             raise ConfigError(f"choices must not repeat, got {list(self.choices)!r}")
 
     def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> ChoiceValue:
-        """Sample the value of parameter ``name`` for ``trial``."""
         return trial.suggest_categorical(name, list(self.choices))
 
     def contains(self, value: object) -> bool:
-        """Whether ``value`` is one of the choices."""
         return value in self.choices
 
     def ends(self) -> tuple[ChoiceValue, ChoiceValue]:
@@ -94,53 +168,10 @@ class Choice:
         return self.choices[0], self.choices[-1]
 
     def describe(self) -> str:
-        """The choices in words, for messages."""
         return "one of " + ", ".join(repr(c) for c in self.choices)
 
     def to_data(self) -> list[ChoiceValue]:
-        """The YAML form."""
         return list(self.choices)
-
-
-@dataclass(frozen=True)
-class IntRange:
-    """An integer parameter from ``low`` to ``high`` inclusive (uniform unless ``log``)."""
-
-    low: int
-    high: int
-    log: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.low < self.high:
-            raise ConfigError(f"low must be < high, got low={self.low!r}, high={self.high!r}")
-        if self.log and not self.low > 0:
-            raise ConfigError(
-                f"low must be > 0 on a log scale (or set log: false), got {self.low!r}"
-            )
-
-    def suggest(self, trial: optuna.trial.BaseTrial, name: str) -> int:
-        """Sample the value of parameter ``name`` for ``trial``."""
-        return trial.suggest_int(name, self.low, self.high, log=self.log)
-
-    def contains(self, value: object) -> bool:
-        """Whether ``value`` is an integer inside the range."""
-        integer = isinstance(value, int) and not isinstance(value, bool)
-        return integer and self.low <= value <= self.high  # type: ignore[operator]
-
-    def ends(self) -> tuple[int, int]:
-        """The two extreme values (probed when the spec loads)."""
-        return self.low, self.high
-
-    def describe(self) -> str:
-        """The range in words, for messages."""
-        return f"integers [{self.low!r}, {self.high!r}]{' (log)' if self.log else ''}"
-
-    def to_data(self) -> dict[str, Any]:
-        """The YAML form."""
-        return {"low": self.low, "high": self.high, "log": self.log}
-
-
-Param = FloatRange | IntRange | Choice
 
 
 @dataclass(frozen=True)
@@ -186,6 +217,86 @@ class MethodSpace:
             )
         return names
 
+    def suggest(self, trial: optuna.trial.BaseTrial, *, groups: Sequence[str]) -> Patch:
+        """Sample one trial's parameters and return the recipe patch for it.
+
+        The patch is the method's fixed patch, this space's fixed options and the sampled
+        values, each at its place in the recipe (:data:`tether.search.methods.PARAM_PATHS`).
+
+        Args:
+            trial: an Optuna trial (``study.ask()``, a trial in ``optimize``, a ``FixedTrial``).
+            groups: the model's pretrained layer groups, input side first, without the head;
+                only ``groups: independent`` needs them (the recipe applies a ``geometric``
+                schedule to the model's groups itself).
+
+        Returns:
+            A nested dict to :func:`~tether.jsondata.deep_merge` into the base recipe.
+        """
+        info = get_method(self.method)
+        patch: Patch = deep_copy(dict(info.patch))
+        constraint: Patch = patch.setdefault("constraint", {})
+        if info.constrained:
+            if self.relative is not None:
+                constraint["relative"] = self.relative
+            if self.mode is not None:
+                constraint["mode"] = self.mode
+            constraint.update(self._radii(trial, groups))
+        for name in info.params:
+            if name in ("radius", "scale") or name not in self.params:
+                continue
+            section, key = PARAM_PATHS[name]
+            patch.setdefault(section, {})[key] = self.params[name].suggest(trial, name)
+        return patch
+
+    def _radii(self, trial: optuna.trial.BaseTrial, groups: Sequence[str]) -> Patch:
+        params = self.params
+        if self.groups == "shared":
+            return {"radius": params["radius"].suggest(trial, "radius"), "scale": None}
+        if self.groups == "geometric":
+            base = params["radius"].suggest(trial, "radius")
+            return {"radius": base, "scale": params["scale"].suggest(trial, "scale")}
+        self.check_group_names(groups)
+        radii = {}
+        for group in groups:
+            name = GROUP_PREFIX + group
+            radii[group] = params.get(name, params["radius"]).suggest(trial, name)
+        return {"radius": radii, "scale": None}
+
+    def check_group_names(self, groups: Sequence[str]) -> None:
+        """Raise :class:`ConfigError` if ``radius.<group>`` keys name a group the model lacks."""
+        if self.groups != "independent":
+            return
+        if not groups:
+            raise ConfigError("groups: independent needs the model's layer groups, got none")
+        named = [
+            k
+            for k in (*self.params, *(k for p in self.enqueue for k in p))
+            if k.startswith(GROUP_PREFIX)
+        ]
+        unknown = [k for k in named if k[len(GROUP_PREFIX) :] not in groups]
+        if unknown:
+            raise ConfigError(
+                f"methods.{self.method}.{unknown[0]} names no layer group of the model; "
+                f"its groups are {', '.join(groups)}"
+            )
+
+    def enqueue_params(self, point: Mapping[str, Any], *, groups: Sequence[str]) -> dict[str, Any]:
+        """The Optuna parameters of one enqueued point (for ``study.enqueue_trial``).
+
+        With ``groups: independent`` a point may give ``radius``, meaning that radius for every
+        group without its own ``radius.<group>`` entry; it becomes one ``radius.<group>`` per
+        group. Every other layout passes the point through unchanged.
+        """
+        params = dict(point)
+        if self.groups != "independent":
+            return params
+        self.check_group_names(groups)
+        shared = params.pop("radius", None)
+        if shared is not None:
+            for group in groups:
+                params.setdefault(GROUP_PREFIX + group, shared)
+        return params
+
     def to_data(self, *, enqueue: bool = True) -> dict[str, Any]:
         """The YAML form (JSON-safe)."""
         data: dict[str, Any] = {}
@@ -201,12 +312,104 @@ class MethodSpace:
         return data
 
 
-def json_safe(value: Any) -> Any:
-    """``value`` with infinite and NaN floats as strings (JSON and study attributes)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    return value
+_RANGE_KEYS = {"low", "high", "log"}
+
+
+@dataclass(frozen=True)
+class _Options:
+    groups: GroupMode = "shared"
+    relative: bool | None = None
+    mode: Literal["rescale", "exact"] | None = None
+    enqueue: tuple[dict[str, Any], ...] = ()
+
+
+def method_spaces(data: object) -> dict[str, MethodSpace]:
+    """The ``methods:`` of a study spec, each method's entry checked and read into its space.
+
+    Raises:
+        ConfigError: naming the dotted key (``methods.mars-pgm.radius.high``), the value and
+            what is allowed.
+    """
+    if not isinstance(data, Mapping) or not data:
+        raise ConfigError(f"methods must map method names to search spaces, got {data!r}")
+    spaces = {}
+    for name, space in data.items():
+        try:
+            get_method(str(name))
+        except ConfigError as error:
+            raise ConfigError(f"methods.{name}: {error}") from None
+        spaces[str(name)] = _space(str(name), space)
+    return spaces
+
+
+def _space(name: str, data: object) -> MethodSpace:
+    key = f"methods.{name}"
+    method = get_method(name)
+    data = {} if data is None else data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{key} must be a mapping of parameters and options, got {data!r}")
+    option_keys = {k for k in data if k in (*method.options, "enqueue")}
+    misplaced = [k for k in data if k in CONSTRAINT_OPTIONS and k not in option_keys]
+    if misplaced:
+        raise ConfigError(
+            f"{key}.{misplaced[0]}: {name} has no constraint, so it takes none of "
+            f"{', '.join(CONSTRAINT_OPTIONS)}"
+        )
+    options = from_dict(_Options, {k: data[k] for k in option_keys}, prefix=f"{key}.")
+    params = {}
+    for param, value in data.items():
+        if param in option_keys:
+            continue
+        if not method.accepts(str(param), options.groups):
+            raise ConfigError(
+                f"{key}.{param} is not a parameter of {name} with groups: {options.groups}; "
+                f"{name} accepts {method.describe_params()}"
+            )
+        params[str(param)] = _param(f"{key}.{param}", str(param), value)
+    missing = [p for p in method.required_params(options.groups) if p not in params]
+    if missing:
+        raise ConfigError(
+            f"{key}.{missing[0]} is required: give a range {{low, high}} or a list of choices"
+        )
+    space = MethodSpace(
+        name, params, options.groups, options.relative, options.mode, options.enqueue
+    )
+    for i, point in enumerate(space.enqueue):
+        _check_point(space, point, f"{key}.enqueue[{i}]")
+    return space
+
+
+def _param(key: str, name: str, value: object) -> Param:
+    if name == "norm":
+        ok = isinstance(value, list) and bool(value) and all(v in NORMS for v in value)
+        if not ok:
+            raise ConfigError(
+                f"{key} must be a list of norms from {', '.join(NORMS)}, got {value!r}"
+            )
+    if isinstance(value, Mapping) and {"low", "high"} - set(value) and set(value) <= _RANGE_KEYS:
+        raise ConfigError(f"{key} needs both low and high, got {dict(value)!r}")
+    try:
+        if isinstance(value, list):
+            return Choice(tuple(value))
+        if isinstance(value, Mapping) and name in INT_PARAMS:
+            return from_dict(IntRange, value, prefix=f"{key}.")
+        if isinstance(value, Mapping):
+            return from_dict(FloatRange, value, prefix=f"{key}.")
+    except ConfigError as error:
+        message = str(error)
+        raise ConfigError(message if key in message else f"{key}: {message}") from None
+    raise ConfigError(
+        f"{key} must be a range {{low, high, log}} or a list of choices, got {value!r}"
+    )
+
+
+def _check_point(space: MethodSpace, point: Mapping[str, Any], where: str) -> None:
+    for name, value in point.items():
+        param = space.param_for(name)
+        if param is None:
+            raise ConfigError(
+                f"{where}.{name} is not searched by {space.method}; "
+                f"searched: {', '.join(space.params)}"
+            )
+        if not param.contains(value):
+            raise ConfigError(f"{where}.{name} is {value!r}; allowed: {param.describe()}")

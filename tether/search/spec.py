@@ -38,12 +38,9 @@ from collections.abc import Sequence
 import dataclasses
 from dataclasses import dataclass
 from dataclasses import field
-import hashlib
-import json
 import os
 import re
 from typing import Any
-from typing import Literal
 
 import optuna
 
@@ -53,15 +50,10 @@ from tether.finetune.config import from_dict
 from tether.finetune.config import read_yaml
 from tether.finetune.config import to_dict
 from tether.finetune.recipe import recipe_from_dict
-from tether.search.methods import CONSTRAINT_OPTIONS
+from tether.jsondata import deep_merge
+from tether.jsondata import json_digest
+from tether.jsondata import json_safe
 from tether.search.methods import GROUP_PREFIX
-from tether.search.methods import INT_PARAMS
-from tether.search.methods import NORMS
-from tether.search.methods import GroupMode
-from tether.search.methods import deep_merge
-from tether.search.methods import enqueue_params
-from tether.search.methods import get_method
-from tether.search.methods import suggest
 from tether.search.samplers import PrunerConfig
 from tether.search.samplers import SamplerConfig
 from tether.search.space import Choice
@@ -69,7 +61,7 @@ from tether.search.space import FloatRange
 from tether.search.space import IntRange
 from tether.search.space import MethodSpace
 from tether.search.space import Param
-from tether.search.space import json_safe
+from tether.search.space import method_spaces
 
 
 __all__ = [
@@ -86,16 +78,7 @@ __all__ = [
     "spec_from_dict",
 ]
 
-_RANGE_KEYS = {"low", "high", "log"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-@dataclass(frozen=True)
-class _Options:
-    groups: GroupMode = "shared"
-    relative: bool | None = None
-    mode: Literal["rescale", "exact"] | None = None
-    enqueue: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,8 +180,7 @@ class StudySpec:
             "space": self._space(method).to_data(enqueue=False),
             "recipe": self.resolved_recipe,
         }
-        text = json.dumps(json_safe(payload), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()
+        return json_digest(json_safe(payload), compact=True)
 
     def _space(self, method: str) -> MethodSpace:
         try:
@@ -328,7 +310,7 @@ def spec_from_dict(
     spec = StudySpec(
         name=name,
         recipe=recipe,
-        methods=_methods(data.get("methods")),
+        methods=method_spaces(data.get("methods")),
         set=overrides,
         budget=from_dict(Budget, data.get("budget"), prefix="budget."),
         sampler=from_dict(SamplerConfig, data.get("sampler"), prefix="sampler."),
@@ -365,98 +347,12 @@ def _base_recipe(recipe: str, root: str, overrides: Mapping[str, Any]) -> dict[s
         raise ConfigError(f"recipe {recipe} with set: {error}") from None
 
 
-def _methods(data: object) -> dict[str, MethodSpace]:
-    if not isinstance(data, Mapping) or not data:
-        raise ConfigError(f"methods must map method names to search spaces, got {data!r}")
-    spaces = {}
-    for name, space in data.items():
-        try:
-            get_method(str(name))
-        except ConfigError as error:
-            raise ConfigError(f"methods.{name}: {error}") from None
-        spaces[str(name)] = _space(str(name), space)
-    return spaces
-
-
-def _space(name: str, data: object) -> MethodSpace:
-    key = f"methods.{name}"
-    method = get_method(name)
-    data = {} if data is None else data
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{key} must be a mapping of parameters and options, got {data!r}")
-    option_keys = {k for k in data if k in (*method.options, "enqueue")}
-    misplaced = [k for k in data if k in CONSTRAINT_OPTIONS and k not in option_keys]
-    if misplaced:
-        raise ConfigError(
-            f"{key}.{misplaced[0]}: {name} has no constraint, so it takes none of "
-            f"{', '.join(CONSTRAINT_OPTIONS)}"
-        )
-    options = from_dict(_Options, {k: data[k] for k in option_keys}, prefix=f"{key}.")
-    params = {}
-    for param, value in data.items():
-        if param in option_keys:
-            continue
-        if not method.accepts(str(param), options.groups):
-            raise ConfigError(
-                f"{key}.{param} is not a parameter of {name} with groups: {options.groups}; "
-                f"{name} accepts {method.describe_params()}"
-            )
-        params[str(param)] = _param(f"{key}.{param}", str(param), value)
-    missing = [p for p in method.required_params(options.groups) if p not in params]
-    if missing:
-        raise ConfigError(
-            f"{key}.{missing[0]} is required: give a range {{low, high}} or a list of choices"
-        )
-    space = MethodSpace(
-        name, params, options.groups, options.relative, options.mode, options.enqueue
-    )
-    for i, point in enumerate(space.enqueue):
-        _check_point(space, point, f"{key}.enqueue[{i}]")
-    return space
-
-
-def _param(key: str, name: str, value: object) -> Param:
-    if name == "norm":
-        ok = isinstance(value, list) and bool(value) and all(v in NORMS for v in value)
-        if not ok:
-            raise ConfigError(
-                f"{key} must be a list of norms from {', '.join(NORMS)}, got {value!r}"
-            )
-    if isinstance(value, Mapping) and {"low", "high"} - set(value) and set(value) <= _RANGE_KEYS:
-        raise ConfigError(f"{key} needs both low and high, got {dict(value)!r}")
-    try:
-        if isinstance(value, list):
-            return Choice(tuple(value))
-        if isinstance(value, Mapping) and name in INT_PARAMS:
-            return from_dict(IntRange, value, prefix=f"{key}.")
-        if isinstance(value, Mapping):
-            return from_dict(FloatRange, value, prefix=f"{key}.")
-    except ConfigError as error:
-        message = str(error)
-        raise ConfigError(message if key in message else f"{key}: {message}") from None
-    raise ConfigError(
-        f"{key} must be a range {{low, high, log}} or a list of choices, got {value!r}"
-    )
-
-
-def _check_point(space: MethodSpace, point: Mapping[str, Any], where: str) -> None:
-    for name, value in point.items():
-        param = space.param_for(name)
-        if param is None:
-            raise ConfigError(
-                f"{where}.{name} is not searched by {space.method}; "
-                f"searched: {', '.join(space.params)}"
-            )
-        if not param.contains(value):
-            raise ConfigError(f"{where}.{name} is {value!r}; allowed: {param.describe()}")
-
-
 def _probe(spec: StudySpec) -> None:
     """Validate the base recipe with each method's patch at its extremes and enqueued points."""
     for name, space in spec.methods.items():
         groups = sorted({k[len(GROUP_PREFIX) :] for k in _named(space)}) or ["group"]
         for point in _probe_points(space, groups):
-            patch = suggest(name, space, optuna.trial.FixedTrial(point), groups=groups)
+            patch = space.suggest(optuna.trial.FixedTrial(point), groups=groups)
             try:
                 recipe_from_dict(deep_merge(spec.resolved_recipe, patch))
             except ConfigError as error:
@@ -482,5 +378,5 @@ def _probe_points(space: MethodSpace, groups: Sequence[str]) -> list[dict[str, A
         if isinstance(p, Choice):
             points += [{**low, n: c} for c in p.choices]
     for point in space.enqueue:
-        points.append({**low, **enqueue_params(space, point, groups=groups)})
+        points.append({**low, **space.enqueue_params(point, groups=groups)})
     return points

@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import tiny_digits_recipe
 from tether.finetune.worker import JsonLines
 from tether.search.execution.launcher import Launcher
 from tether.search.execution.launcher import TrialProcess
-from tether.search.execution.launcher import trivial_accuracy
-from tether.search.execution.launcher import trivial_target
+from tether.testing.specs import tiny_digits_recipe
+from tether.testing.targets import trivial_accuracy
+from tether.testing.targets import trivial_target
 
 
 Emit = Callable[[dict[str, Any]], None]
@@ -262,7 +262,8 @@ _HARNESS = """
 import json, sys, time
 from pathlib import Path
 import multiprocessing.forkserver as forkserver
-from tether.search.execution.launcher import Launcher, trivial_target
+from tether.search.execution.launcher import Launcher
+from tether.testing.targets import trivial_target
 
 server = forkserver._forkserver
 log = Path(sys.argv[1])

@@ -43,6 +43,7 @@ from optuna.trial import TrialState
 from tether.finetune.worker import EXIT_STOPPED
 from tether.search.execution.launcher import Launcher
 from tether.search.execution.launcher import TrialProcess
+from tether.search.execution.slots import Slot
 from tether.search.execution.tickets import requeue
 from tether.search.storage import Heartbeat
 from tether.search.storage import backend_of
@@ -51,23 +52,6 @@ from tether.search.storage import trial_id_of
 
 
 _log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Slot:
-    """A place a trial can run: a device and the number of this slot on it."""
-
-    device: str  # "cpu" or a CUDA index "0", "1", ...
-    index: int
-
-    @property
-    def name(self) -> str:
-        return "cpu" if self.device == "cpu" else f"cuda:{self.device}"
-
-    @property
-    def visible_devices(self) -> str:
-        """``CUDA_VISIBLE_DEVICES`` for the worker: nothing for the CPU, one GPU otherwise."""
-        return "" if self.device == "cpu" else self.device
 
 
 class TrialFailed(Exception):
@@ -251,6 +235,13 @@ def tell_once(
     return True
 
 
+def log_folder(log_dir: Path, study_name: str) -> Path:
+    """The folder of a study's trial logs, created if needed: ``<log_dir>/<spec>__<method>``."""
+    folder = log_dir / study_name.replace("/", "__")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def run_claimed(
     study: optuna.Study,
     trial: optuna.Trial,
@@ -272,8 +263,7 @@ def run_claimed(
     ``log_dir/<study name>``), and the value, PRUNED or FAIL is told. Anything unexpected (a bug,
     the storage gone for longer than it retries) fails the trial and is raised.
     """
-    folder = log_dir / study.study_name.replace("/", "__")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = log_folder(log_dir, study.study_name)
     with Heartbeat(study, trial):
         try:
             value = run_trial(

@@ -20,9 +20,10 @@ import json
 import optuna
 from optuna.trial import TrialState
 
+from tether.search.execution.studies import best_trial
+from tether.search.execution.studies import find_studies
 from tether.search.results.evaluate import EVALUATION_ATTR
 from tether.search.spec import StudySpec
-from tether.search.storage import study_names
 
 
 @dataclass(frozen=True)
@@ -46,23 +47,15 @@ def collect(
     specs: StudySpec | Sequence[StudySpec], storage: optuna.storages.BaseStorage
 ) -> list[Row]:
     """One row per condition and method of ``specs`` that has a study in ``storage``."""
-    names = study_names(storage)
     rows = []
-    for spec in [specs] if isinstance(specs, StudySpec) else specs:
-        rows += _rows(spec, storage, names)
-    return rows
-
-
-def _rows(spec: StudySpec, storage: optuna.storages.BaseStorage, names: set[str]) -> list[Row]:
-    rows = []
-    for method in spec.methods:
-        name = spec.study_name(method)
-        if name not in names:
+    for spec, method, study in find_studies(
+        [specs] if isinstance(specs, StudySpec) else specs, storage
+    ):
+        if study is None:
             continue
-        study = optuna.load_study(study_name=name, storage=storage)
         trials = study.get_trials(deepcopy=False)
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = max(complete, key=lambda t: t.value or 0.0) if complete else None
+        best = best_trial(study)
         evaluation = study.user_attrs.get(EVALUATION_ATTR, {})
         seconds = sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials)
         seconds += float(evaluation.get("seconds", 0.0))

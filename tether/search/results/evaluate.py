@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import concurrent.futures
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 import queue
@@ -21,11 +20,13 @@ import time
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
 
-from tether.errors import ConfigError
+from tether.jsondata import deep_copy
 from tether.search.execution.launcher import Launcher
-from tether.search.execution.trials import Slot
+from tether.search.execution.slots import Slot
+from tether.search.execution.studies import best_trial
+from tether.search.execution.studies import load_studies
+from tether.search.execution.trials import log_folder
 from tether.search.spec import StudySpec
 
 
@@ -45,16 +46,15 @@ class SeedRun:
 
 
 def best_recipe(study: optuna.Study) -> tuple[int, dict[str, Any]] | None:
-    """The number and recipe of the best complete trial, if any."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    """The number and recipe of the best complete trial (:func:`best_trial`), if any."""
+    best = best_trial(study)
+    if best is None:
         return None
-    best = max(complete, key=lambda t: (t.value if t.value is not None else -1.0, -t.number))
-    return best.number, copy.deepcopy(best.user_attrs["recipe"])
+    return best.number, deep_copy(best.user_attrs["recipe"])
 
 
 def _seed_recipe(recipe: dict[str, Any], seed: int, *, refit: bool) -> dict[str, Any]:
-    out = copy.deepcopy(recipe)
+    out: dict[str, Any] = deep_copy(recipe)
     out["train"].update(seed=seed, test=True, refit=refit)
     if refit:
         out["train"]["select"] = "last"
@@ -114,21 +114,14 @@ def evaluate(
     for slot in slots:
         free.put(slot)
     summaries: dict[str, dict[str, Any]] = {}
-    for method in methods or list(spec.methods):
-        try:
-            study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
-        except KeyError:
-            raise ConfigError(
-                f"study {spec.study_name(method)} does not exist; run the search first"
-            ) from None
+    for method, study in load_studies(spec, storage, methods).items():
         found = best_recipe(study)
         if found is None:
             print(f"[{study.study_name}] no complete trial to evaluate", file=sys.stderr)
             continue
         number, recipe = found
         n_seeds, refit = spec.evaluation.n_seeds, spec.evaluation.refit
-        method_dir = log_dir / study.study_name.replace("/", "__")
-        method_dir.mkdir(parents=True, exist_ok=True)
+        method_dir = log_folder(log_dir, study.study_name)
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(slots)) as pool:
             futures = [
                 pool.submit(

@@ -17,18 +17,14 @@ import optuna
 from optuna.trial import TrialState
 import plotly.graph_objects as go
 
+from tether.search.execution.studies import best_trial
+from tether.search.execution.studies import find_studies
 from tether.search.results.compare import collect
 from tether.search.spec import StudySpec
-from tether.search.storage import study_names
 
 
 def _studies(spec: StudySpec, storage: optuna.storages.BaseStorage) -> dict[str, optuna.Study]:
-    names = study_names(storage)
-    return {
-        m: optuna.load_study(study_name=spec.study_name(m), storage=storage)
-        for m in spec.methods
-        if spec.study_name(m) in names
-    }
+    return {m: s for _, m, s in find_studies([spec], storage) if s is not None}
 
 
 def _comparison(spec: StudySpec, storage: optuna.storages.BaseStorage) -> go.Figure:
@@ -95,10 +91,9 @@ def _against_params(studies: dict[str, optuna.Study]) -> go.Figure:
 def _distances(studies: dict[str, optuna.Study]) -> go.Figure:
     figure = go.Figure()
     for method, study in studies.items():
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete:
+        best = best_trial(study)
+        if best is None:
             continue
-        best = max(complete, key=lambda t: t.value or 0.0)
         distances = best.user_attrs.get("distances", {})
         figure.add_scatter(
             x=list(distances), y=list(distances.values()), mode="lines+markers", name=method

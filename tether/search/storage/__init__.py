@@ -21,6 +21,7 @@ from tether.search.storage._optuna import study_id_of
 from tether.search.storage._optuna import trial_id_of
 from tether.search.storage.callbacks import RetryStaleTrial
 from tether.search.storage.connect import open_storage
+from tether.search.storage.connect import storage_url
 from tether.search.storage.connect import study_names
 from tether.search.storage.heartbeat import Heartbeat
 from tether.search.storage.heartbeat import HeartbeatJournalStorage
@@ -65,6 +66,7 @@ __all__ = [
     "retry_transient",
     "show_in_cache",
     "storage_of",
+    "storage_url",
     "study_id_of",
     "study_names",
     "trial_id_of",

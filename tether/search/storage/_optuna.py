@@ -51,8 +51,10 @@ def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
 
 def backend_of(storage: optuna.storages.BaseStorage) -> optuna.storages.BaseStorage:
     """The storage itself, not the cache ``optuna.load_study`` wraps an RDBStorage in."""
-    backend: optuna.storages.BaseStorage = getattr(storage, "_backend", storage)
-    return backend
+    if isinstance(storage, _CachedStorage):
+        backend: optuna.storages.BaseStorage = storage._backend
+        return backend
+    return storage
 
 
 def study_id_of(study: optuna.Study) -> int:

@@ -19,7 +19,8 @@ heartbeat threads, which share them (a session lasts one statement or one short 
 show in ``pg_stat_activity`` with ``application_name = 'tether'``. ``pool_pre_ping`` replaces
 a connection the server dropped before it is used. Opening a storage retries a connection
 dropped midway, never a refused one: a wrong port, user or database is bad input and fails
-at once.
+at once. Processes that open a new database at the same moment race to create Optuna's tables;
+the losers open it again and find them.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ import warnings
 import optuna
 from optuna.storages import RDBStorage
 import sqlalchemy
+import sqlalchemy.exc
 
 from tether.errors import ConfigError
+from tether.search.storage._optuna import backend_of
 from tether.search.storage.callbacks import RetryStaleTrial
 from tether.search.storage.heartbeat import HeartbeatJournalStorage
 from tether.search.storage.options import StorageOptions
@@ -96,7 +99,7 @@ def open_storage(
             return retry_transient(
                 lambda: _server(url, scheme, options),
                 timeout=options.reconnect_timeout,
-                transient=is_lost_connection,
+                transient=lambda error: is_lost_connection(error) or _schema_race(error),
             )
     except ImportError as error:
         raise ConfigError(
@@ -108,6 +111,15 @@ def open_storage(
         raise ConfigError(
             f"cannot open storage {mask_url(url)}: {describe_error(error)}", kind="storage"
         ) from None
+
+
+def _schema_race(error: BaseException) -> bool:
+    """Whether opening failed because another process created Optuna's tables at the same
+    moment (workers started at once on a new database): opening again finds them there."""
+    text = str(getattr(error, "orig", error))
+    return isinstance(error, sqlalchemy.exc.DBAPIError) and (
+        "already exists" in text or "duplicate key value" in text
+    )
 
 
 def _no_file(url: str, path: str) -> str:
@@ -142,3 +154,13 @@ def study_names(storage: optuna.storages.BaseStorage) -> set[str]:
     return {
         s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
     }
+
+
+def storage_url(storage: optuna.storages.BaseStorage) -> str:
+    """The URL of an open storage, as messages show it (password masked)."""
+    backend = backend_of(storage)
+    if isinstance(backend, RDBStorage):
+        return mask_url(backend.url)
+    if isinstance(backend, HeartbeatJournalStorage):
+        return f"journal:{backend.path}"
+    return type(backend).__name__

@@ -70,40 +70,62 @@ def hold_single_process(storage: optuna.storages.BaseStorage) -> None:
     with _held_lock:
         if path in _held:
             return
-        while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                os.close(fd)
-                journal = Path(database).with_suffix(".journal")
-                raise ConfigError(
-                    f"{mask_url(_url(storage))} is for one process, and process {owner} is "
-                    f"searching it; for several workers on one machine use journal:{journal}, "
-                    "for several machines postgresql+psycopg://user@host/db",
-                    kind="storage",
-                ) from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:  # not a file its last holder removed while we opened it
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        _held[path] = fd
+        try:
+            _held[path] = _lock_file(path, wait=False)
+        except BlockingIOError as busy:
+            journal = Path(database).with_suffix(".journal")
+            raise ConfigError(
+                f"{mask_url(_url(storage))} is for one process, and process {busy.args[0]} is "
+                f"searching it; for several workers on one machine use journal:{journal}, "
+                "for several machines postgresql+psycopg://user@host/db",
+                kind="storage",
+            ) from None
 
 
 @atexit.register
 def _release_held() -> None:
     with _held_lock:
         for path, fd in _held.items():
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            os.close(fd)
+            _unlock_file(path, fd)
         _held.clear()
+
+
+def _lock_file(path: str, *, wait: bool) -> int:
+    """Take an exclusive ``flock`` on the lock file ``path`` (created if needed), write this
+    process's id in it and return its descriptor.
+
+    A holder removes its lock file when it lets go (:func:`_unlock_file`), so a file opened
+    just before it was removed is not the lock any more: the inode is checked, and the file
+    opened again if it changed.
+
+    Raises:
+        BlockingIOError: (``wait=False``) another process holds it; ``args[0]`` is its id.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise BlockingIOError(owner) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _unlock_file(path: str, fd: int) -> None:
+    """Remove the lock file ``path``, then let go of it (closing releases the ``flock``)."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(fd)
 
 
 @contextlib.contextmanager
@@ -111,21 +133,20 @@ def creation_lock(storage: optuna.storages.BaseStorage, name: str) -> Iterator[N
     """Hold the lock that serialises creating the studies of the spec ``name`` in ``storage``.
 
     Blocks while another process holds it. PostgreSQL: an advisory lock on a key derived
-    from ``name``; SQLite and journal files: ``flock`` on ``<file>.tether-create-lock`` (kept
-    on disk: removing a lock file while another process waits on it would let a third take a
-    new one). Other storages (in-memory, MySQL) run unlocked.
+    from ``name``; a SQLite or journal file: an ``flock`` on ``<file>.tether-create-lock``,
+    removed when released. Other storages (in-memory, MySQL) run unlocked.
     """
     backend = backend_of(storage)
     file = _sqlite_file(backend) or (
         backend.path if isinstance(backend, HeartbeatJournalStorage) else None
     )
     if file is not None:
-        fd = os.open(file + ".tether-create-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        path = os.path.abspath(file) + ".tether-create-lock"
+        fd = _lock_file(path, wait=True)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # closing releases the flock
+            _unlock_file(path, fd)
         return
     if isinstance(backend, RDBStorage) and backend.engine.dialect.name == "postgresql":
         digest = hashlib.sha256(f"tether:create:{name}".encode()).digest()

@@ -31,19 +31,22 @@ alone is far above the harness's budget of 0.5 s per trial. So, by default, tria
 session and log handling): the fallback, and the benchmark's point of comparison.
 
 Example:
-    >>> from tether.search.execution.launcher import Launcher
-    >>> with Launcher() as launcher:  # doctest: +SKIP
-    ...     trial = launcher.start(recipe, device="0", log_path=Path("logs/0.log"))
-    ...     for event in trial.events(timeout=600):
-    ...         if pruned(event):
-    ...             trial.stop()
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from tether.testing.targets import trivial_target
+    >>> log = Path(tempfile.mkdtemp()) / "trial.log"
+    >>> with Launcher(preload=()) as launcher:
+    ...     trial = launcher.start(
+    ...         {"epochs": 2, "x": 0.5}, device="", log_path=log, target=trivial_target
+    ...     )
+    ...     kinds = [event["event"] for event in trial.events(timeout=60)]
     ...     code = trial.wait()
+    >>> kinds, code
+    (['start', 'epoch', 'epoch', 'result'], 0)
 """
 
 from __future__ import annotations
 
-from tether.search.execution.launcher._child import trivial_accuracy
-from tether.search.execution.launcher._child import trivial_target
 from tether.search.execution.launcher._launcher import DEFAULT_PRELOAD
 from tether.search.execution.launcher._launcher import Launcher
 from tether.search.execution.launcher._launcher import Mode
@@ -55,6 +58,4 @@ __all__ = [
     "Launcher",
     "Mode",
     "TrialProcess",
-    "trivial_accuracy",
-    "trivial_target",
 ]

@@ -1,4 +1,4 @@
-"""What runs inside a trial process started by the forkserver, and a trivial target for tests.
+"""What runs inside a trial process started by the forkserver.
 
 Everything here is imported by the forkserver before it forks (see ``_server.py``), so a trial
 process starts with this module, torch and the fine-tuning code already in memory.
@@ -9,20 +9,16 @@ from __future__ import annotations
 from collections.abc import Callable
 import contextlib
 import io
-import math
 import multiprocessing
 from multiprocessing.connection import Connection
 import os
 import signal
 import sys
 import threading
-import time
 import traceback
 from typing import Any
 
 from tether.finetune.worker import EXIT_FAILED
-from tether.finetune.worker import EXIT_OK
-from tether.finetune.worker import EXIT_STOPPED
 from tether.finetune.worker import JsonLines
 from tether.finetune.worker import install_stop_handlers
 
@@ -126,106 +122,3 @@ def _die_with_parent() -> None:
         os.killpg(os.getpgrp(), signal.SIGKILL)
 
     threading.Thread(target=watch, name="tether-orphan-guard", daemon=True).start()
-
-
-FAILURES = (None, "memory", "kill", "exit")  # what the trivial target's ``fail`` may be
-
-
-def trivial_accuracy(x: float, epoch: int) -> float:
-    """The trivial target's validation accuracy: ``exp(-(x - 0.5)^2) * (1 - 2^-epoch)``.
-
-    Deterministic, in [0, 1), best at ``x = 0.5`` and rising with the epoch, so a sampler has
-    something to find and a pruner something to compare.
-    """
-    return math.exp(-((x - 0.5) ** 2)) * (1.0 - 0.5**epoch)
-
-
-def trivial_target(
-    recipe: dict[str, Any],
-    *,
-    emit: Emit,
-    cache_dir: str | None,
-    should_stop: Callable[[], bool],
-) -> int:
-    """A stand-in for a fine-tuning run that costs nothing: for tests and benchmarks.
-
-    Reads ``recipe["epochs"]`` (default 1), ``recipe["x"]`` (default 0.0) and
-    ``recipe["sleep"]`` (seconds per epoch, default 0). Emits ``start`` (with the process's
-    ``CUDA_VISIBLE_DEVICES`` and process group), one ``epoch`` event per epoch with
-    ``val_accuracy = trivial_accuracy(x, epoch)``, then ``result``; or ``stopped`` and exit
-    code 143 once ``should_stop()`` turns true.
-
-    ``recipe["fail"]`` makes it fail the way a real run can, at epoch ``recipe["fail_epoch"]``
-    (default 1), after that epoch's sleep: ``"memory"`` raises :class:`MemoryError` (host
-    memory exhausted), ``"kill"`` sends itself SIGKILL (what the kernel's OOM killer does: no
-    event, no traceback), ``"exit"`` exits with code 1 and no event.
-
-    Example:
-        >>> with Launcher() as launcher:  # doctest: +SKIP
-        ...     trial = launcher.start(
-        ...         {"epochs": 3, "x": 0.4},
-        ...         device="",
-        ...         log_path=Path("t.log"),
-        ...         target=trivial_target,
-        ...     )
-        ...     events = list(trial.events(timeout=10))
-        ...     code = trial.wait()
-    """
-    epochs = int(recipe.get("epochs", 1))
-    x = float(recipe.get("x", 0.0))
-    pause = float(recipe.get("sleep", 0.0))
-    fail = recipe.get("fail")
-    if fail not in FAILURES:
-        raise ValueError(f"fail must be one of {', '.join(map(str, FAILURES))}, got {fail!r}")
-    fail_epoch = int(recipe.get("fail_epoch", 1))
-    emit(
-        {
-            "event": "start",
-            "pid": os.getpid(),
-            "pgid": os.getpgrp(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "cache_dir": cache_dir,
-        }
-    )
-    print(f"trivial: {epochs} epochs at x={x}", file=sys.stderr)
-    accuracy = 0.0
-    for epoch in range(1, epochs + 1):
-        if _sleep_unless_stopped(pause, should_stop):
-            emit({"event": "stopped", "epoch": epoch - 1})
-            return EXIT_STOPPED
-        if fail is not None and epoch == fail_epoch:
-            _fail(fail)
-        accuracy = trivial_accuracy(x, epoch)
-        emit(
-            {
-                "event": "epoch",
-                "epoch": epoch,
-                "train_loss": 1.0 - accuracy,
-                "val_accuracy": accuracy,
-                "seconds": pause,
-            }
-        )
-    emit(
-        {"event": "result", "val_accuracy": accuracy, "test_accuracy": accuracy, "epochs": epochs}
-    )
-    return EXIT_OK
-
-
-def _fail(how: str) -> None:
-    """Fail as ``how`` says (see :func:`trivial_target`)."""
-    sys.stdout.flush()
-    if how == "memory":
-        raise MemoryError("trivial: out of memory (simulated)")
-    if how == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    os._exit(EXIT_FAILED)
-
-
-def _sleep_unless_stopped(seconds: float, should_stop: Callable[[], bool]) -> bool:
-    """Sleep, polling ``should_stop`` every 10 ms; whether it turned true."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        if should_stop():
-            return True
-        time.sleep(min(left, 0.01))
-    return should_stop()

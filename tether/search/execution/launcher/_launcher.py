@@ -57,12 +57,22 @@ class Launcher:
     trials it started that are still running, then stops the forkserver; :meth:`TrialProcess.stop`
     them first for a graceful end.
 
+    A trial is stopped gracefully with :meth:`TrialProcess.stop`: the pruner's way.
+
     Example:
-        >>> with Launcher() as launcher:  # doctest: +SKIP
-        ...     trial = launcher.start(recipe, device="0", log_path=Path("logs/trial-7.log"))
-        ...     for event in trial.events(timeout=600):
-        ...         print(event["event"])
+        >>> import tempfile
+        >>> from tether.testing.targets import trivial_target
+        >>> log = Path(tempfile.mkdtemp()) / "trial.log"
+        >>> with Launcher(preload=()) as launcher:
+        ...     trial = launcher.start(
+        ...         {"epochs": 100, "sleep": 0.05}, device="", log_path=log, target=trivial_target
+        ...     )
+        ...     for event in trial.events(timeout=60):
+        ...         if event["event"] == "epoch" and event["epoch"] == 2:
+        ...             trial.stop()  # as when the pruner says so
         ...     code = trial.wait()
+        >>> event["event"], code
+        ('stopped', 143)
     """
 
     def __init__(self, *, mode: Mode = "fork", preload: Sequence[str] = DEFAULT_PRELOAD) -> None:

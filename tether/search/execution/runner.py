@@ -26,167 +26,30 @@ import zlib
 
 import optuna
 
-from tether.errors import ConfigError
+from tether.errors import Terminated
+from tether.jsondata import deep_merge
 from tether.search.execution.launcher import Launcher
 from tether.search.execution.launcher import TrialProcess
+from tether.search.execution.slots import Slot
+from tether.search.execution.studies import check_compatible
+from tether.search.execution.studies import load_studies
+from tether.search.execution.studies import model_groups
 from tether.search.execution.tickets import Dispatcher
-from tether.search.execution.tickets import enqueue_tickets
-from tether.search.execution.trials import Slot
 from tether.search.execution.trials import run_claimed
-from tether.search.methods import deep_merge
-from tether.search.methods import enqueue_params
-from tether.search.methods import suggest
 from tether.search.samplers import make_pruner
 from tether.search.samplers import make_sampler
 from tether.search.storage import hold_single_process
 from tether.search.storage import storage_of
-from tether.search.storage import study_names
-from tether.version import __version__
 
 
 if TYPE_CHECKING:
     from tether.search.spec import StudySpec
 
 
-SPEC_ATTR = "tether:spec"
-FINGERPRINT_ATTR = "tether:fingerprint"
-VERSION_ATTR = "tether:version"
-
-
-def parse_devices(devices: str, trials_per_device: int) -> list[Slot]:
-    """``auto`` (every visible GPU, else the CPU), ``cpu``, or GPU indices ``0,1``."""
-    if trials_per_device < 1:
-        raise ConfigError(f"--trials-per-device must be >= 1, got {trials_per_device}")
-    if devices == "auto":
-        import torch
-
-        count = torch.cuda.device_count()
-        names = [str(i) for i in range(count)] or ["cpu"]
-    elif devices == "cpu":
-        names = ["cpu"]
-    else:
-        names = [d.strip() for d in devices.split(",") if d.strip()]
-        if not names or not all(n.isdigit() for n in names):
-            raise ConfigError(
-                f"--devices must be auto, cpu or GPU indices like 0,1; got {devices!r}"
-            )
-    return [Slot(name, k) for name in names for k in range(trials_per_device)]
-
-
-def worker_number(slot_count: int = 0) -> int:
-    """A number that differs between processes and hosts: sampler seeds are spread by it."""
-    return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000 + slot_count
-
-
-def model_groups(spec: StudySpec) -> list[str]:
-    """The pretrained layer groups of the spec's model (for per-group radii), no weights loaded."""
-    from dataclasses import replace
-
-    from tether.finetune.layers import layer_groups
-    from tether.finetune.models import build_model
-    from tether.finetune.recipe import recipe_from_dict
-
-    recipe = recipe_from_dict(spec.base_recipe())
-    model_cfg = replace(recipe.model, weights="none", checkpoint=None)
-    built = build_model(model_cfg, num_classes=2, image_size=recipe.data.image_size)
-    return list(layer_groups(built.model, head=built.head).extractor)
-
-
-def create_studies(
-    spec: StudySpec,
-    storage: optuna.storages.BaseStorage,
-    *,
-    methods: Sequence[str] | None = None,
-    groups: Sequence[str] | None = None,
-) -> list[optuna.Study]:
-    """Create (or check) one study per method and enqueue its budget once.
-
-    ``groups`` are the model's layer groups (:func:`model_groups` builds the model if absent).
-
-    Raises:
-        ConfigError: an existing study was made from a different search space.
-    """
-    groups = model_groups(spec) if groups is None else groups
-    chosen = list(methods or spec.methods)
-    existing = study_names(storage)
-    for method in chosen:  # every check before anything is written
-        if spec.study_name(method) in existing:
-            study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
-            check_compatible(study, spec, method)
-    studies = []
-    for method in chosen:
-        study = optuna.create_study(
-            study_name=spec.study_name(method),
-            storage=storage,
-            direction="maximize",
-            load_if_exists=True,
-        )
-        if FINGERPRINT_ATTR not in study.user_attrs:
-            study.set_user_attr(SPEC_ATTR, spec.to_dict())
-            study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint(method))
-            study.set_user_attr(
-                VERSION_ATTR, {"tether": __version__, "optuna": optuna.__version__}
-            )
-        space = spec.methods[method]
-        points = [enqueue_params(space, point, groups=groups) for point in space.enqueue]
-        enqueue_tickets(study, n_trials=spec.n_trials(method), known=points)
-        studies.append(study)
-    return studies
-
-
-def _major(version: str) -> str:
-    return version.split(".", 1)[0]
-
-
-def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    """The dotted key of the first difference between two JSON-like values, with both values."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=str):
-            found = _first_difference(
-                old.get(key), new.get(key), f"{path}.{key}" if path else str(key)
-            )
-            if found:
-                return found
-        return None
-    if old != new:
-        return f"{path or 'the value'}: {old!r} -> {new!r}"
-    return None
-
-
-def check_compatible(study: optuna.Study, spec: StudySpec, method: str) -> None:
-    """Refuse to work on a study made by another Optuna major or from another search space.
-
-    Raises:
-        ConfigError: naming what differs and how to start afresh.
-    """
-    written = study.user_attrs.get(VERSION_ATTR, {}).get("optuna")
-    if written and _major(written) != _major(optuna.__version__):
-        raise ConfigError(
-            f"study {study.study_name} was written with optuna {written}, this process has "
-            f"optuna {optuna.__version__}; every worker of a study needs the same major version"
-        )
-    known = study.user_attrs.get(FINGERPRINT_ATTR)
-    if known is None or known == spec.fingerprint(method):
-        return
-    stored = study.user_attrs.get(SPEC_ATTR, {})
-    old_space = dict(stored.get("methods", {}).get(method) or {})
-    new_space = spec.methods[method].to_data(enqueue=False)
-    old_space.pop("enqueue", None)  # starting points may change: they are not the space
-    change = _first_difference(
-        {"space": old_space, "recipe": stored.get("base_recipe")},
-        {"space": new_space, "recipe": spec.base_recipe()},
-    )
-    raise ConfigError(
-        f"study {study.study_name} was created from another search space or recipe "
-        f"({change or 'the stored spec differs'}); give the spec a new name, or delete the "
-        "study, to start afresh"
-    )
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (``tether`` installs
-    the handler, :mod:`tether.cli`): a preemption (Kubernetes, Slurm) stops the search as the
-    first Ctrl-C does."""
+def seed_offset() -> int:
+    """A number that differs between processes and hosts: the sampler seeds of the processes
+    that join a search (``tether worker``) are spread by it, so no two share a seed."""
+    return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000
 
 
 class TicketRunner:
@@ -425,9 +288,10 @@ class Search(TicketRunner):
         log_dir: one log file per trial.
         cache_dir: the workers' cache (digits source network, decoded images, DELTA).
         methods: only these methods (default: all of the spec's).
-        target: what a worker runs instead of the fine-tuning (benchmarks of the harness).
-        worker: offsets the sampler seed; ``tether run`` uses 0 (a seeded spec repeats),
-            ``tether worker`` one derived from host and pid (no two workers share a seed).
+        target: what a trial process runs instead of the fine-tuning (benchmarks of the
+            harness).
+        seed_offset: added to the spec's sampler seed; ``tether run`` uses 0 (a seeded spec
+            repeats), ``tether worker`` :func:`seed_offset` (no two processes share a seed).
         groups: the model's layer groups, if the caller has them (else the model is built).
 
     Raises:
@@ -445,27 +309,21 @@ class Search(TicketRunner):
         cache_dir: Path | None = None,
         methods: Sequence[str] | None = None,
         target: Callable[..., int] | None = None,
-        worker: int | None = None,
+        seed_offset: int = 0,
         groups: Sequence[str] | None = None,
     ) -> None:
         self.spec = spec
-        self.worker = worker_number() if worker is None else worker
         self.groups = list(model_groups(spec) if groups is None else groups)
         self.epochs = int(spec.base_recipe()["train"]["epochs"])
+        studies = load_studies(  # each study its own sampler: seeded streams stay apart
+            spec,
+            storage,
+            methods,
+            sampler=lambda: make_sampler(spec.sampler, offset=seed_offset),
+            pruner=lambda: make_pruner(spec.pruner, epochs=self.epochs),
+        )
         self.states = []
-        for method in methods or list(spec.methods):
-            try:
-                study = optuna.load_study(
-                    study_name=spec.study_name(method),
-                    storage=storage,
-                    sampler=make_sampler(spec.sampler, worker=self.worker),
-                    pruner=make_pruner(spec.pruner, epochs=self.epochs),
-                )
-            except KeyError:
-                raise ConfigError(
-                    f"study {spec.study_name(method)} does not exist in this storage; "
-                    "create it with tether run"
-                ) from None
+        for method, study in studies.items():
             check_compatible(study, spec, method)
             self.states.append(_MethodState(method, study))
         super().__init__(
@@ -482,7 +340,7 @@ class Search(TicketRunner):
 
     def _recipe_of(self, index: int, trial: optuna.Trial) -> dict[str, Any]:
         method = self.states[index].method
-        patch = suggest(method, self.spec.methods[method], trial, groups=self.groups)
+        patch = self.spec.methods[method].suggest(trial, groups=self.groups)
         recipe = deep_merge(self.spec.base_recipe(), patch)
         recipe["train"]["test"] = False
         return recipe

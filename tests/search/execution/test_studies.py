@@ -10,11 +10,11 @@ import pytest
 
 from tests.conftest import ROOT
 from tether.errors import ConfigError
-from tether.search.execution.driver import VERSION_ATTR
-from tether.search.execution.driver import Search
-from tether.search.execution.driver import create_studies
-from tether.search.execution.driver import parse_devices
 from tether.search.execution.launcher import Launcher
+from tether.search.execution.runner import Search
+from tether.search.execution.slots import parse_devices
+from tether.search.execution.studies import VERSION_ATTR
+from tether.search.execution.studies import create_studies
 from tether.search.spec import StudySpec
 from tether.search.spec import spec_from_dict
 from tether.search.storage import open_storage
@@ -92,3 +92,58 @@ def test_a_worker_with_another_optuna_major_refuses_to_join(tmp_path: Path) -> N
     with Launcher() as launcher, pytest.raises(ConfigError, match="optuna 4.6.0"):
         Search(_spec(), storage=storage, launcher=launcher,
                slots=parse_devices("cpu", 1), log_dir=tmp_path)  # fmt: skip
+
+
+# --- creators started at once -----------------------------------------------------------------
+
+
+def _create(url: str, budget: int, barrier: Any) -> None:
+    """One creating process, as ``tether run --create-only``: it loads the spec and opens the
+    storage, waits until every creator is ready, then creates the studies."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    spec = _spec(budget={"n_trials": budget}, methods=dict(RACE_METHODS))
+    storage = open_storage(url)
+    barrier.wait(30)
+    create_studies(spec, storage, groups=[])
+
+
+RACE_METHODS = {
+    "standard": {"lr": {"low": 1e-4, "high": 1e-2}},
+    "mars-pgm": {
+        "radius": {"low": 0.05, "high": 1.0},
+        "head_radius": {"low": 1.0, "high": 10.0},
+        "enqueue": [{"radius": 0.1, "head_radius": 3.0}],
+    },
+}
+
+
+@pytest.fixture(params=["postgresql", "journal"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "journal":
+        return f"journal:{tmp_path / 'race.journal'}"
+    url: str = request.getfixturevalue("pg_database")
+    return url
+
+
+def test_creators_started_at_once_enqueue_the_budget_once(shared_url: str) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    creators, budget = 4, 6
+    barrier = context.Barrier(creators)
+    processes = [
+        context.Process(target=_create, args=(shared_url, budget, barrier))
+        for _ in range(creators)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(120)
+    assert [p.exitcode for p in processes] == [0] * creators
+    storage = open_storage(shared_url, create=False)
+    for method in RACE_METHODS:
+        study = optuna.load_study(study_name=f"drv/{method}", storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        assert len(trials) == budget, method
+        known = [t for t in trials if t.user_attrs.get("tether:known_good")]
+        assert len(known) == (1 if method == "mars-pgm" else 0)

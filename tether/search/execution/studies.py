@@ -1,0 +1,238 @@
+"""A spec's studies in a storage: created once, checked, found, loaded, deleted.
+
+A spec's method ``m`` is the Optuna study ``<spec name>/m``. Creating it stores the spec, its
+fingerprint (search space and base recipe) and the code's versions on the study, and enqueues
+the budget once (:mod:`~tether.search.execution.tickets`), under a lock so that creators
+started at once do it once (:func:`~tether.search.storage.creation_lock`). Every process
+that later works on the study checks it was made from the same search space and by the same
+Optuna major.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState
+
+from tether.errors import ConfigError
+from tether.search.execution.tickets import enqueue_tickets
+from tether.search.storage import creation_lock
+from tether.search.storage import storage_url
+from tether.search.storage import study_names
+from tether.version import __version__
+
+
+if TYPE_CHECKING:
+    from tether.search.spec import StudySpec
+
+
+SPEC_ATTR = "tether:spec"
+FINGERPRINT_ATTR = "tether:fingerprint"
+VERSION_ATTR = "tether:version"
+
+
+def model_groups(spec: StudySpec) -> list[str]:
+    """The pretrained layer groups of the spec's model (for per-group radii), no weights loaded."""
+    from tether.finetune.models.build import build_skeleton
+    from tether.finetune.recipe import recipe_from_dict
+
+    _, groups = build_skeleton(recipe_from_dict(spec.base_recipe()))
+    return list(groups.extractor)
+
+
+def create_studies(
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    *,
+    methods: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+) -> list[optuna.Study]:
+    """Create (or check) one study per method and enqueue its budget once.
+
+    Check, create and enqueue run under the storage's creation lock for this spec: of several
+    processes creating the same studies at once, one enqueues the budget and the others find
+    it there. ``groups`` are the model's layer groups (:func:`model_groups` builds the model
+    if absent).
+
+    Raises:
+        ConfigError: an existing study was made from a different search space.
+    """
+    groups = model_groups(spec) if groups is None else groups
+    chosen = list(methods or spec.methods)
+    with creation_lock(storage, spec.name):
+        existing = study_names(storage)
+        for method in chosen:  # every check before anything is written
+            if spec.study_name(method) in existing:
+                study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
+                check_compatible(study, spec, method)
+        studies = []
+        for method in chosen:
+            study = optuna.create_study(
+                study_name=spec.study_name(method),
+                storage=storage,
+                direction="maximize",
+                load_if_exists=True,
+            )
+            if FINGERPRINT_ATTR not in study.user_attrs:
+                study.set_user_attr(SPEC_ATTR, spec.to_dict())
+                study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint(method))
+                study.set_user_attr(
+                    VERSION_ATTR, {"tether": __version__, "optuna": optuna.__version__}
+                )
+            space = spec.methods[method]
+            points = [space.enqueue_params(point, groups=groups) for point in space.enqueue]
+            enqueue_tickets(study, n_trials=spec.n_trials(method), known=points)
+            studies.append(study)
+    return studies
+
+
+def _major(version: str) -> str:
+    return version.split(".", 1)[0]
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str | None:
+    """The dotted key of the first difference between two JSON-like values, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            found = _first_difference(
+                old.get(key), new.get(key), f"{path}.{key}" if path else str(key)
+            )
+            if found:
+                return found
+        return None
+    if old != new:
+        return f"{path or 'the value'}: {old!r} -> {new!r}"
+    return None
+
+
+def check_compatible(study: optuna.Study, spec: StudySpec, method: str) -> None:
+    """Refuse to work on a study made by another Optuna major or from another search space.
+
+    Raises:
+        ConfigError: naming what differs and how to start afresh.
+    """
+    written = study.user_attrs.get(VERSION_ATTR, {}).get("optuna")
+    if written and _major(written) != _major(optuna.__version__):
+        raise ConfigError(
+            f"study {study.study_name} was written with optuna {written}, this process has "
+            f"optuna {optuna.__version__}; every worker of a study needs the same major version"
+        )
+    known = study.user_attrs.get(FINGERPRINT_ATTR)
+    if known is None or known == spec.fingerprint(method):
+        return
+    stored = study.user_attrs.get(SPEC_ATTR, {})
+    old_space = dict(stored.get("methods", {}).get(method) or {})
+    new_space = spec.methods[method].to_data(enqueue=False)
+    old_space.pop("enqueue", None)  # starting points may change: they are not the space
+    change = _first_difference(
+        {"space": old_space, "recipe": stored.get("base_recipe")},
+        {"space": new_space, "recipe": spec.base_recipe()},
+    )
+    condition = "" if spec.condition is None else f" --conditions {spec.condition}"
+    raise ConfigError(
+        f"study {study.study_name} was created from another search space or recipe "
+        f"({change or 'the stored spec differs'}); give the spec a new name, or delete the "
+        f"study (tether delete SPEC --methods {method}{condition}), to start afresh"
+    )
+
+
+def find_studies(
+    specs: Iterable[StudySpec],
+    storage: optuna.storages.BaseStorage,
+    methods: Sequence[str] | None = None,
+) -> list[tuple[StudySpec, str, optuna.Study | None]]:
+    """Every condition's and (selected) method's study, ``None`` where it was not created."""
+    names = study_names(storage)
+    found = []
+    for spec in specs:
+        for method in methods or spec.methods:
+            name = spec.study_name(method)
+            study = optuna.load_study(study_name=name, storage=storage) if name in names else None
+            found.append((spec, method, study))
+    return found
+
+
+def require_studies(
+    specs: Iterable[StudySpec],
+    storage: optuna.storages.BaseStorage,
+    methods: Sequence[str] | None = None,
+    *,
+    every: bool = True,
+) -> None:
+    """Refuse specs whose studies are not in the storage: ``every`` one of them must be there
+    (to search or evaluate them), or at least one (to read them).
+
+    Raises:
+        ConfigError: naming the first missing study, the storage (password masked) and how
+            to create it.
+    """
+    names = study_names(storage)
+    wanted = [s.study_name(m) for s in specs for m in methods or s.methods]
+    missing = [n for n in wanted if n not in names]
+    if missing and (every or len(missing) == len(wanted)):
+        others = "" if len(missing) == 1 else f" (nor {len(missing) - 1} more of the spec's)"
+        raise ConfigError(
+            f"study {missing[0]} does not exist in {storage_url(storage)}{others}; "
+            "create it with tether run"
+        )
+
+
+def load_studies(
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    methods: Sequence[str] | None = None,
+    *,
+    sampler: Callable[[], optuna.samplers.BaseSampler] | None = None,
+    pruner: Callable[[], optuna.pruners.BasePruner] | None = None,
+) -> dict[str, optuna.Study]:
+    """Each (selected) method's study, with a sampler and a pruner of its own if given (the
+    factories are called once per study).
+
+    Raises:
+        ConfigError: a study does not exist (see :func:`require_studies`).
+    """
+    chosen = list(methods or spec.methods)
+    require_studies([spec], storage, chosen)
+    return {
+        m: optuna.load_study(
+            study_name=spec.study_name(m),
+            storage=storage,
+            sampler=None if sampler is None else sampler(),
+            pruner=None if pruner is None else pruner(),
+        )
+        for m in chosen
+    }
+
+
+def delete_studies(
+    specs: Iterable[StudySpec],
+    storage: optuna.storages.BaseStorage,
+    methods: Sequence[str] | None = None,
+) -> list[str]:
+    """Delete the (selected) studies of ``specs`` that exist; their names."""
+    deleted = []
+    for _, _, study in find_studies(specs, storage, methods):
+        if study is not None:
+            optuna.delete_study(study_name=study.study_name, storage=storage)
+            deleted.append(study.study_name)
+    return deleted
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The complete trial with the highest value; of equal values, the first (lowest number).
+
+    What ``tether compare`` reports, ``tether evaluate`` re-runs and the report plots. None
+    when no trial has completed with a value.
+    """
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.value is not None
+    ]
+    return max(complete, key=lambda t: (t.value, -t.number), default=None)
