@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy.exc
 import yaml
 
-from tests.conftest import tiny_digits_recipe
 from tether.cli import main
+from tether.testing.specs import tiny_digits_recipe
 
 
 def _write(tmp_path: Path, data: object, name: str = "recipe.yaml") -> Path:

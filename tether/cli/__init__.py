@@ -1,11 +1,17 @@
-"""The ``tether`` command line: one small command class per verb, its docstring is its help.
+"""The ``tether`` command line: one small command class per verb, its docstring its help.
+
+The verbs, by family: :mod:`~tether.cli.finetune` (one run), :mod:`~tether.cli.search` (run,
+worker, evaluate), :mod:`~tether.cli.results` (status, compare, report) and
+:mod:`~tether.cli.storage` (reap, delete, dashboard). Building the parser imports none of
+torch, torchvision, Optuna or plotly: ``tether --help`` starts as fast as Python does, and
+each verb imports what it needs when it runs.
 
 Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, nothing written),
 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (128 + the signal's number, as a
 shell reports a process killed by it). SIGTERM, what Kubernetes and Slurm send to preempt a
 job, is handled like the first Ctrl-C: the running trials are stopped and recorded as failed
-(see :class:`tether.search.execution.driver.TicketRunner`); a second signal of either kind quits at
-once.
+(see :class:`tether.search.execution.runner.TicketRunner`); a second signal of either kind
+quits at once.
 """
 
 from __future__ import annotations
@@ -13,137 +19,48 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 import inspect
-import math
 import os
 import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any
 from typing import NoReturn
 
+from tether.cli.base import EXIT_BAD_INPUT
+from tether.cli.base import EXIT_FAILED
+from tether.cli.base import EXIT_INTERRUPTED
+from tether.cli.base import EXIT_TERMINATED
 from tether.cli.base import Command
-from tether.cli.base import add_set_argument
-from tether.cli.search import SEARCH_COMMANDS
+from tether.cli.finetune import FinetuneCommand
+from tether.cli.results import CompareCommand
+from tether.cli.results import ReportCommand
+from tether.cli.results import StatusCommand
+from tether.cli.search import EvaluateCommand
+from tether.cli.search import RunCommand
+from tether.cli.search import WorkerCommand
+from tether.cli.storage import DashboardCommand
+from tether.cli.storage import DeleteCommand
+from tether.cli.storage import ReapCommand
 from tether.errors import ConfigError
-from tether.search.execution.driver import Terminated
+from tether.errors import Terminated
 from tether.version import __version__
 
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
-
-
-def _percent(value: object) -> str:
-    return "-" if not isinstance(value, int | float) else f"{100 * value:5.1f}%"
-
-
-class ProgressPrinter:
-    """Events in, human lines out: one line per epoch on stderr, the result on stdout."""
-
-    def __init__(self, *, json_lines: bool) -> None:
-        from tether.finetune.worker import JsonLines
-
-        self.json_lines = JsonLines(sys.stdout) if json_lines else None
-        self.epochs = 0
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if self.json_lines is not None:
-            self.json_lines(event)
-        if kind == "start":
-            self.epochs = int(event["recipe"]["train"]["epochs"])
-            sizes = event["sizes"]
-            print(
-                f"{event['model']['name']} ({event['model']['weights']}) on {event['device']}: "
-                f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test images, "
-                f"{event['classes']} classes; {event['constraint']}",
-                file=sys.stderr,
-            )
-        elif kind == "epoch":
-            val = event["val_accuracy"]
-            print(
-                f"epoch {event['epoch']:>3}/{self.epochs}  "
-                f"train loss {event['train_loss']:.4f} acc {_percent(event['train_accuracy'])}  "
-                f"val acc {_percent(val)}  lr {event['lr']:.2g}  {event['seconds']:.1f}s",
-                file=sys.stderr,
-                flush=True,
-            )
-        elif kind == "result" and self.json_lines is None:
-            print(format_result(event))
-
-
-def format_result(result: dict[str, Any]) -> str:
-    """The final result as a short table: accuracies, then the distance moved per group."""
-    lines = [
-        f"val accuracy   {_percent(result['val_accuracy'])}",
-        f"test accuracy  {_percent(result['test_accuracy'])}",
-        f"epoch used     {result['selected_epoch']} of {result['epochs']}",
-        f"time           {result['seconds']:.1f} s on {result['device']}",
-        "distance from the pretrained weights (MARS norm, Frobenius norm):",
-    ]
-    frob = result.get("distances_frob", {})
-    for group, value in result["distances"].items():
-        lines.append(f"  {group:<14} {value:10.4g} {frob.get(group, math.nan):10.4g}")
-    return "\n".join(lines)
-
-
-class FinetuneCommand(Command):
-    """Fine-tune once as a recipe says, in the foreground (progress on stderr).
-
-    The same run a search trial makes, without the search: per-epoch progress on stderr, the
-    result (accuracies, distance moved per layer group) on stdout.
-    """
-
-    name = "finetune"
-
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("recipe", help="a recipe file, e.g. configs/digits.yaml")
-        add_set_argument(parser, what="recipe", example="train.epochs=2")
-        parser.add_argument(
-            "--json", action="store_true", help="print the worker's JSON-lines events on stdout"
-        )
-        parser.add_argument(
-            "--list-groups",
-            action="store_true",
-            help="list the model's layer groups (the names radii and penalties use) and exit",
-        )
-        parser.add_argument("--cache-dir", default=None, help="default: $TETHER_CACHE_DIR")
-
-    def run(self, args: argparse.Namespace) -> int:
-        from tether.finetune.recipe import load_recipe
-
-        recipe = load_recipe(args.recipe, args.overrides)
-        if args.list_groups:
-            print(_group_table(recipe))
-            return EXIT_OK
-        from tether.finetune.worker import execute
-
-        printer = ProgressPrinter(json_lines=args.json)
-        code = execute(recipe.to_dict(), emit=printer, cache_dir=args.cache_dir, prog="tether")
-        return EXIT_INTERRUPTED if code == 143 else code
-
-
-def _group_table(recipe: Any) -> str:
-    from dataclasses import replace
-
-    from tether.finetune.layers import layer_groups
-    from tether.finetune.layers import summarize_groups
-    from tether.finetune.models import build_model
-
-    model_cfg = replace(recipe.model, weights="none", checkpoint=None)
-    n_classes = len(recipe.data.target_classes) if recipe.data.kind == "digits" else 2
-    built = build_model(model_cfg, num_classes=n_classes, image_size=recipe.data.image_size)
-    groups = layer_groups(built.model, head=built.head)
-    rows = [f"{'group':<14} {'tensors':>8} {'parameters':>12}  modules"]
-    for summary in summarize_groups(built.model, groups):
-        owned = ", ".join(groups.prefixes.get(summary.name, ())) or "(not grouped)"
-        if len(owned) > 40:
-            owned = owned[:37] + "..."
-        rows.append(f"{summary.name:<14} {summary.n_tensors:>8} {summary.n_params:>12,}  {owned}")
-    return "\n".join(rows)
-
-
-COMMANDS: dict[str, Command] = {c.name: c for c in (FinetuneCommand(), *SEARCH_COMMANDS)}
+COMMANDS: dict[str, Command] = {
+    command.name: command
+    for command in (
+        FinetuneCommand(),
+        RunCommand(),
+        WorkerCommand(),
+        EvaluateCommand(),
+        CompareCommand(),
+        ReportCommand(),
+        StatusCommand(),
+        ReapCommand(),
+        DeleteCommand(),
+        DashboardCommand(),
+    )
+}
 
 
 class _Parser(argparse.ArgumentParser):

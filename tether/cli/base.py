@@ -1,9 +1,25 @@
-"""The base of every ``tether`` verb (its own module so verb modules and the parser share it)."""
+"""What every ``tether`` verb shares: the command base, exit codes, spec and device options.
+
+Nothing heavy is imported here or by any verb module at import time: ``tether --help`` builds
+the whole parser from these modules alone, and each verb imports Optuna, torch or plotly in
+its ``run`` when (and only if) it needs them.
+"""
 
 from __future__ import annotations
 
 import abc
 import argparse
+import sys
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tether.search.spec import StudySpec
+
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 class Command(abc.ABC):
@@ -30,3 +46,123 @@ def add_set_argument(parser: argparse.ArgumentParser, *, what: str, example: str
         metavar="KEY=VALUE",
         help=f"override a {what} value by its dotted path, e.g. --set {example}",
     )
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """The spec, ``--set`` into it, and which of its methods and conditions to act on."""
+    parser.add_argument("spec", help="a study spec, e.g. studies/digits.yaml")
+    add_set_argument(parser, what="spec", example="budget.n_trials=4")
+    parser.add_argument(
+        "--methods", nargs="+", default=None, metavar="METHOD", help="only these methods"
+    )
+    parser.add_argument(
+        "--conditions",
+        nargs="+",
+        default=None,
+        metavar="CONDITION",
+        help="only these conditions of a spec with conditions: (e.g. noise rates)",
+    )
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where trials run (``--devices``, ``--trials-per-device``), how they start, their logs."""
+    parser.add_argument(
+        "--devices",
+        default="auto",
+        help="auto (every visible GPU, else the CPU), cpu, or GPU indices like 0,1",
+    )
+    parser.add_argument(
+        "--trials-per-device", type=int, default=1, help="concurrent trials on each device"
+    )
+    parser.add_argument(
+        "--launcher",
+        choices=("fork", "subprocess"),
+        default="fork",
+        help="start trials from a server that has imported torch (fork), or a fresh interpreter",
+    )
+    parser.add_argument("--log-dir", default="tether-logs", help="one log file per trial")
+    parser.add_argument("--cache-dir", default=None, help="default: $TETHER_CACHE_DIR")
+
+
+def load_selected(args: argparse.Namespace) -> list[StudySpec]:
+    """The spec's conditions (one spec if it has none) that ``--conditions`` selects, with
+    ``--methods`` and the device flags checked; nothing is opened or printed.
+
+    Raises:
+        ConfigError: a bad spec, condition, method or device flag.
+    """
+    from tether.search.spec import load_specs
+
+    specs = _conditions(load_specs(args.spec, args.overrides), args)
+    selected_methods(specs[0], args)
+    if hasattr(args, "devices"):
+        from tether.search.execution.slots import parse_devices
+
+        parse_devices(args.devices, args.trials_per_device)
+    return specs
+
+
+def selected_methods(spec: StudySpec, args: argparse.Namespace) -> list[str] | None:
+    """The methods ``--methods`` selects (every condition of a spec has the same methods);
+    None: all of them.
+
+    Raises:
+        ConfigError: ``--methods`` names a method the spec does not have.
+    """
+    from tether.errors import ConfigError
+
+    if getattr(args, "methods", None) is None:
+        return None
+    known = list(spec.methods)
+    unknown = [m for m in args.methods if m not in known]
+    if unknown:
+        raise ConfigError(
+            f"--methods names {unknown[0]!r}, which the spec does not have; "
+            f"it has {', '.join(known)}"
+        )
+    return list(args.methods)
+
+
+def _conditions(specs: list[StudySpec], args: argparse.Namespace) -> list[StudySpec]:
+    from tether.errors import ConfigError
+
+    if args.conditions is None:
+        return specs
+    known = [s.condition for s in specs if s.condition is not None]
+    if not known:
+        raise ConfigError(f"--conditions given, but study spec {args.spec} has no conditions")
+    unknown = [c for c in args.conditions if c not in known]
+    if unknown:
+        raise ConfigError(
+            f"--conditions names {unknown[0]!r}, which the spec does not have; "
+            f"it has {', '.join(known)}"
+        )
+    return [s for s in specs if s.condition in args.conditions]
+
+
+def storage_line(args: argparse.Namespace) -> None:
+    """The storage (password masked) on stderr, once the input has been checked."""
+    from tether.search.storage.urls import mask_url
+    from tether.search.storage.urls import resolve_url
+
+    print(f"storage: {mask_url(resolve_url(args.storage))}", file=sys.stderr)
+
+
+def open_selected(
+    args: argparse.Namespace, *, every: bool
+) -> tuple[list[StudySpec], optuna.storages.BaseStorage]:
+    """For a verb that works on existing studies: :func:`load_selected`, the storage (which
+    must exist), the studies (``every`` selected one, or at least one), then the storage line.
+
+    Raises:
+        ConfigError: bad input, a missing storage, or missing studies.
+    """
+    from tether.search.execution.studies import require_studies
+    from tether.search.storage import open_storage
+    from tether.search.storage import resolve_url
+
+    specs = load_selected(args)
+    storage = open_storage(resolve_url(args.storage), create=False)
+    require_studies(specs, storage, selected_methods(specs[0], args), every=every)
+    storage_line(args)
+    return specs, storage
