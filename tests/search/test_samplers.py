@@ -66,7 +66,7 @@ def test_every_sampler_builds_without_deprecated_arguments(name: str) -> None:
     assert isinstance(sampler, optuna.samplers.BaseSampler)
 
 
-def test_cmaes_builds() -> None:  # cmaes is a dependency of tether
+def test_cmaes_builds() -> None:  # the cmaes extra, which make test installs
     assert isinstance(
         make_sampler(SamplerConfig(name="cmaes"), offset=0), optuna.samplers.CmaEsSampler
     )

@@ -111,7 +111,9 @@ def _cmaes(seed: int | None) -> optuna.samplers.BaseSampler:
     that a missing package is a bad-input error before any trial runs.
     """
     if importlib.util.find_spec("cmaes") is None:
-        raise ConfigError("sampler.name 'cmaes' needs the cmaes package: pip install cmaes")
+        raise ConfigError(
+            "sampler.name 'cmaes' needs the cmaes package: pip install 'tether[cmaes]'"
+        )
     return optuna.samplers.CmaEsSampler(seed=seed)
 
 
