@@ -1,9 +1,9 @@
 """Shared small models and an independent re-implementation of the distance rules.
 
-The reference below is written from ../shared/reference/algorithms.md §1.1-1.2, not from
-the package: rows are output units, BatchNorm gamma goes through ``gamma / sqrt(var + 1e-6)``
-with the *current* running variance, LayerNorm gamma is element-wise, the head is measured
-from zero, biases and betas are free.
+The reference below is written from the MARS-PGM rules (Gouk, Hospedales, Pontil, ICLR 2021,
+and their code's BatchNorm treatment), not from the package: rows are output units, BatchNorm gamma
+goes through ``gamma / sqrt(var + 1e-6)`` with the *current* running variance, LayerNorm gamma is
+element-wise, the head is measured from zero, biases and betas are free.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """RSL label correction and sample reweighting: hand-computed cases, the trainer, end to end.
 
-The expected values are written out by hand from ../shared/reference/algorithms.md §1.3, not
-computed with the package.
+The expected values are written out by hand from the rules of Li & Zhang (NeurIPS 2021, the
+self label-correction and sample reweighting of their code), not computed with the package.
 """
 
 from __future__ import annotations

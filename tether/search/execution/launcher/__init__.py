@@ -2,8 +2,9 @@
 
 Each Optuna trial is one fine-tuning run in its own process, so that a crash, an out-of-memory
 error or a pruned run costs that trial and nothing else. A fresh interpreter per trial spends
-~3.4 s importing torch and torchvision before it does anything (../shared/FINDINGS.md), which
-alone is far above the harness's budget of 0.5 s per trial. So, by default, trials are forked:
+~3.4 s importing torch and torchvision before it does anything (``benchmarks/search.py``
+measures it), which alone is far above the harness's budget of 0.5 s per trial. So, by
+default, trials are forked:
 
 * **forkserver.** :class:`Launcher` starts multiprocessing's forkserver, which imports torch,
   torchvision and the fine-tuning code once; every trial is a ``fork()`` of that server, a copy
