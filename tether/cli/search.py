@@ -28,19 +28,18 @@ from tether.cli.results import write_report
 if TYPE_CHECKING:
     import optuna
 
+    from tether.finetune.recipe import Recipe
     from tether.search.execution.launcher import Launcher
     from tether.search.execution.slots import Slot
     from tether.search.spec import StudySpec
 
 
-def _preflight(specs: Sequence[StudySpec]) -> None:
+def _preflight(recipes: Sequence[Recipe]) -> None:
     """Check what every trial will read (the data folder, a checkpoint) before writing."""
     from tether.finetune.data.folder import check_folder
     from tether.finetune.models.checkpoint import read_state_dict
-    from tether.finetune.recipe import recipe_from_dict
 
-    for spec in specs:
-        recipe = recipe_from_dict(spec.base_recipe())
+    for recipe in recipes:
         if recipe.data.kind == "folder":
             check_folder(recipe.data)
         if recipe.model.checkpoint is not None:
@@ -63,11 +62,12 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
     specs = load_selected(args)
     methods = selected_methods(specs[0], args)
     slots = parse_devices(args.devices, args.trials_per_device)
-    for spec in specs:
-        check_model(recipe_from_dict(spec.base_recipe()).model)
+    recipes = [recipe_from_dict(spec.base_recipe()) for spec in specs]
+    for recipe in recipes:
+        check_model(recipe.model)
     groups = {spec.name: model_groups(spec) for spec in specs}
     if create:
-        _preflight(specs)
+        _preflight(recipes)
     storage = open_storage(resolve_url(args.storage), create=create)
     if create:  # every condition first, so that workers elsewhere can join any of them
         for spec in specs:

@@ -96,8 +96,8 @@ def build_model(
 def build_skeleton(recipe: Recipe) -> tuple[BuiltModel, LayerGroups]:
     """The recipe's model without pretrained weights, and its layer groups.
 
-    What the names radii and penalties may use come from: nothing is downloaded and no
-    checkpoint is read. The head has the target task's classes for the digits task, two
+    Where the layer-group names that radii and penalties use come from: nothing is downloaded
+    and no checkpoint is read. The head has the target task's classes for the digits task, two
     otherwise (its size does not change the groups).
     """
     from tether.finetune.layers import layer_groups
