@@ -1,23 +1,37 @@
 """The paper-style comparison table, read from the studies alone.
 
-One row per method: trials (complete / pruned / failed), the best validation accuracy of the
-search, the test accuracy of the evaluation (mean +- std over seeds) and the compute spent
-(search + evaluation), as text, markdown, CSV or JSON. A spec with ``conditions:`` (label-noise
-rates, say) gives one row per condition and method, and where self label-correction ran, the
-share of the corrupted training labels it put right (mean over the evaluation seeds).
+One row per method: trials (complete / pruned / failed); the configuration the row reports
+(the trial the evaluation re-ran, else the search's best) with its validation accuracy; the
+test accuracy of the evaluation, mean +- std over seeds and the 95 % Student-t interval of the
+mean; the paired difference to a baseline method; and the compute spent, device-seconds of the
+search and of the evaluation and where they ran. As text, markdown, CSV, JSON or HTML.
+
+The difference to the baseline pairs the runs of one evaluation seed: a seed fixes the split,
+the label noise and the initialisation, so ``d_s = a_s - b_s`` over the seeds ``s`` both
+methods scored cancels what the seed alone explains, and its interval
+``mean(d) +- t(0.975, n - 1) * sd(d) / sqrt(n)`` is the one that says whether the method beats
+the baseline. A spec with ``conditions:`` (label-noise rates, say) gives one row per condition
+and method, paired within its condition, and where self label-correction ran, the share of the
+corrupted training labels it put right (mean over the evaluation seeds).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 import csv
-from dataclasses import asdict
 from dataclasses import dataclass
+from dataclasses import fields
+import html
 import io
 import json
+import math
+import statistics
+from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from tether.search.execution.studies import best_trial
@@ -28,55 +42,168 @@ from tether.search.spec import StudySpec
 
 @dataclass(frozen=True)
 class Row:
+    """One method of one condition: its search, its evaluation and their cost.
+
+    Accuracies are fractions; ``test_ci_*`` bound the 95 % interval of ``test_mean`` and
+    ``diff_*`` are the paired difference (this method minus ``baseline``) and its interval,
+    None where fewer than two seeds (one, for ``diff_mean``) give them. ``device`` lists the
+    search's devices, ``eval_device`` the evaluation's.
+    """
+
     condition: str | None
     method: str
     complete: int
     pruned: int
     failed: int
+    best_trial: int | None
     best_val: float | None
     test_mean: float | None
     test_std: float | None
+    test_ci_low: float | None
+    test_ci_high: float | None
     seeds: int
-    hours: float
-    device: str
+    baseline: str | None
+    diff_mean: float | None
+    diff_ci_low: float | None
+    diff_ci_high: float | None
     recovered: float | None
+    search_seconds: float
+    eval_seconds: float
+    device: str
+    eval_device: str | None
     best_params: dict[str, object]
+
+    @property
+    def hours(self) -> float:
+        """The compute spent, search and evaluation together, in device-hours."""
+        return (self.search_seconds + self.eval_seconds) / 3600
+
+
+RECORD_FIELDS = (
+    *(f.name for f in fields(Row) if f.name != "best_params"),
+    "hours",
+    "best_params",
+)
+"""A row's fields as CSV and JSON give them: ``hours`` (the total, the column that the two
+``*_seconds`` replaced) before ``best_params``."""
+
+
+def t_interval(values: Sequence[float]) -> tuple[float, float] | None:
+    """The 95 % Student-t interval of the mean of ``values``, ``mean +- t(0.975, n - 1) *
+    sd / sqrt(n)`` with the sample standard deviation; None under two values.
+
+    Example:
+        >>> low, high = t_interval([0.80, 0.82, 0.84])
+        >>> round(low, 4), round(high, 4)
+        (0.7703, 0.8697)
+    """
+    if len(values) < 2:
+        return None
+    # scipy.stats.t.ppf(0.975, n - 1); scipy.special imports in a third of the time
+    from scipy.special import stdtrit
+
+    mean = statistics.mean(values)
+    quantile = float(stdtrit(len(values) - 1, 0.975))
+    half = quantile * statistics.stdev(values) / math.sqrt(len(values))
+    return mean - half, mean + half
+
+
+def seed_scores(evaluation: Mapping[str, Any]) -> dict[int, float]:
+    """Each evaluation seed's test accuracy (the ``tether:evaluation`` attribute of a study),
+    the seeds whose run failed left out."""
+    pairs = zip(evaluation.get("seeds", []), evaluation.get("test_accuracy", []), strict=True)
+    return {int(seed): float(score) for seed, score in pairs if score is not None}
+
+
+def paired_differences(scores: Mapping[int, float], reference: Mapping[int, float]) -> list[float]:
+    """``scores[s] - reference[s]`` for each seed ``s`` both have, in seed order.
+
+    Example:
+        >>> [round(d, 2) for d in paired_differences({0: 0.9, 1: 0.8, 2: 0.7}, {1: 0.7, 2: 0.8})]
+        [0.1, -0.1]
+    """
+    return [scores[seed] - reference[seed] for seed in sorted(scores.keys() & reference.keys())]
+
+
+def reported_trial(study: optuna.Study, evaluation: Mapping[str, Any]) -> FrozenTrial | None:
+    """The trial a row reports: the one the evaluation re-ran, else the search's best (they
+    differ only if the search went on after the evaluation)."""
+    number = evaluation.get("best_trial")
+    evaluated = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    return evaluated[0] if evaluated else best_trial(study)
+
+
+def _bounds(interval: tuple[float, float] | None) -> tuple[float | None, float | None]:
+    return (None, None) if interval is None else interval
+
+
+def _row(
+    spec: StudySpec,
+    method: str,
+    study: optuna.Study,
+    baseline: str | None,
+    reference: Mapping[int, float],
+) -> Row:
+    """The row of one study; ``reference`` holds the baseline's seed scores ({}: none)."""
+    trials = study.get_trials(deepcopy=False)
+    evaluation = study.user_attrs.get(EVALUATION_ATTR, {})
+    scores = seed_scores(evaluation)
+    chosen = reported_trial(study, evaluation)
+    differences = [] if method == baseline else paired_differences(scores, reference)
+    test_low, test_high = _bounds(t_interval(list(scores.values())))
+    diff_low, diff_high = _bounds(t_interval(differences))
+    devices = {str(t.user_attrs["device"]) for t in trials if "device" in t.user_attrs}
+    return Row(
+        condition=spec.condition,
+        method=method,
+        complete=sum(t.state == TrialState.COMPLETE for t in trials),
+        pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        failed=sum(t.state == TrialState.FAIL for t in trials),
+        best_trial=None if chosen is None else chosen.number,
+        best_val=None if chosen is None else chosen.value,
+        test_mean=evaluation.get("mean"),
+        test_std=evaluation.get("std"),
+        test_ci_low=test_low,
+        test_ci_high=test_high,
+        seeds=len(scores),
+        baseline=baseline,
+        diff_mean=statistics.mean(differences) if differences else None,
+        diff_ci_low=diff_low,
+        diff_ci_high=diff_high,
+        recovered=evaluation.get("recovered_mean"),
+        search_seconds=sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials),
+        eval_seconds=float(evaluation.get("seconds", 0.0)),
+        device="/".join(sorted(devices)) or "-",
+        eval_device=evaluation.get("device"),
+        best_params={} if chosen is None else dict(chosen.params),
+    )
 
 
 def collect(
-    specs: StudySpec | Sequence[StudySpec], storage: optuna.storages.BaseStorage
+    specs: StudySpec | Sequence[StudySpec],
+    storage: optuna.storages.BaseStorage,
+    *,
+    baseline: str | None = None,
 ) -> list[Row]:
-    """One row per condition and method of ``specs`` that has a study in ``storage``."""
-    rows = []
-    for spec, method, study in find_studies(
-        [specs] if isinstance(specs, StudySpec) else specs, storage
-    ):
-        if study is None:
-            continue
-        trials = study.get_trials(deepcopy=False)
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = best_trial(study)
-        evaluation = study.user_attrs.get(EVALUATION_ATTR, {})
-        seconds = sum(float(t.user_attrs.get("seconds", 0.0)) for t in trials)
-        seconds += float(evaluation.get("seconds", 0.0))
-        devices = {str(t.user_attrs.get("device")) for t in trials if "device" in t.user_attrs}
-        rows.append(
-            Row(
-                condition=spec.condition,
-                method=method,
-                complete=len(complete),
-                pruned=sum(t.state == TrialState.PRUNED for t in trials),
-                failed=sum(t.state == TrialState.FAIL for t in trials),
-                best_val=None if best is None else best.value,
-                test_mean=evaluation.get("mean"),
-                test_std=evaluation.get("std"),
-                seeds=sum(v is not None for v in evaluation.get("test_accuracy", [])),
-                hours=seconds / 3600,
-                device="/".join(sorted(devices)) or "-",
-                recovered=evaluation.get("recovered_mean"),
-                best_params={} if best is None else dict(best.params),
+    """One row per condition and method of ``specs`` that has a study in ``storage``, each
+    paired with ``baseline`` (a method of the specs) within its condition; None: no pairing.
+
+    Raises:
+        ValueError: ``baseline`` is not a method of the specs.
+    """
+    specs = [specs] if isinstance(specs, StudySpec) else list(specs)
+    for spec in specs:
+        if baseline is not None and baseline not in spec.methods:
+            raise ValueError(
+                f"baseline must be a method of spec {spec.name} "
+                f"({', '.join(spec.methods)}), got {baseline!r}"
             )
-        )
+    rows = []
+    for spec in specs:
+        studies = {m: s for _, m, s in find_studies([spec], storage) if s is not None}
+        base = studies.get(baseline) if baseline is not None else None
+        reference = {} if base is None else seed_scores(base.user_attrs.get(EVALUATION_ATTR, {}))
+        rows += [_row(spec, m, s, baseline, reference) for m, s in studies.items()]
     return rows
 
 
@@ -84,26 +211,57 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _interval(low: float | None, high: float | None, *, sign: str = "") -> str:
+    """`` [low, high]`` in percent (``sign="+"``: signed), or nothing without an interval."""
+    if low is None or high is None:
+        return ""
+    return f" [{100 * low:{sign}.1f}, {100 * high:{sign}.1f}]"
+
+
 def _test(row: Row) -> str:
     if row.test_mean is None:
         return "-"
-    return f"{100 * row.test_mean:.1f} +- {100 * (row.test_std or 0.0):.1f} (n={row.seeds})"
+    spread = f"{100 * row.test_mean:.1f} +- {100 * (row.test_std or 0.0):.1f}"
+    return f"{spread}{_interval(row.test_ci_low, row.test_ci_high)} (n={row.seeds})"
+
+
+def _difference(row: Row) -> str:
+    if row.diff_mean is None:
+        return "-"
+    interval = _interval(row.diff_ci_low, row.diff_ci_high, sign="+")
+    return f"{100 * row.diff_mean:+.1f}{interval}"
+
+
+def _devices(row: Row) -> str:
+    """Where the row's search and evaluation ran, each device once."""
+    searched = set() if row.device == "-" else set(row.device.split("/"))
+    evaluated = set() if row.eval_device is None else {row.eval_device}
+    return "/".join(sorted(searched | evaluated)) or "-"
 
 
 def _columns(rows: Sequence[Row]) -> list[tuple[str, Callable[[Row], str]]]:
-    """The table's columns: ``condition`` and ``recovered`` only where some row has one."""
+    """The table's columns: ``condition``, the paired difference and ``recovered`` only where
+    some row has one; the rows of one :func:`collect` share their baseline."""
     columns: list[tuple[str, Callable[[Row], str]]] = []
     if any(r.condition for r in rows):
         columns.append(("condition", lambda r: r.condition or "-"))
     columns += [
         ("method", lambda r: r.method),
+        ("best trial", lambda r: "-" if r.best_trial is None else str(r.best_trial)),
         ("trials (ok/pruned/failed)", lambda r: f"{r.complete}/{r.pruned}/{r.failed}"),
         ("best val %", lambda r: _pct(r.best_val)),
-        ("test % mean +- std", _test),
+        ("test % mean +- std [95% CI]", _test),
     ]
+    baseline = next((r.baseline for r in rows if r.baseline is not None), None)
+    if baseline is not None:
+        columns.append((f"vs {baseline} (paired, 95% CI)", _difference))
     if any(r.recovered is not None for r in rows):
         columns.append(("noisy labels recovered %", lambda r: _pct(r.recovered)))
-    columns += [("hours", lambda r: f"{r.hours:.3f}"), ("device", lambda r: r.device)]
+    columns += [
+        ("search h", lambda r: f"{r.search_seconds / 3600:.3f}"),
+        ("eval h", lambda r: f"{r.eval_seconds / 3600:.3f}"),
+        ("device", _devices),
+    ]
     return columns
 
 
@@ -114,6 +272,7 @@ def _table(rows: Sequence[Row]) -> list[tuple[str, ...]]:
 
 
 def as_text(rows: Sequence[Row]) -> str:
+    """The table in aligned columns, for a terminal."""
     table = _table(rows)
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     return "\n".join(
@@ -122,26 +281,43 @@ def as_text(rows: Sequence[Row]) -> str:
 
 
 def as_markdown(rows: Sequence[Row]) -> str:
+    """The table as markdown, for a README or a paper draft."""
     header, *body = _table(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(line) + " |" for line in body]
     return "\n".join(lines)
 
 
+def as_html(rows: Sequence[Row]) -> str:
+    """The table as an HTML ``<table>``, for the report."""
+    header, *body = _table(rows)
+
+    def cells(tag: str, line: Sequence[str]) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in line) + "</tr>"
+
+    lines = ["<table>", f"<thead>{cells('th', header)}</thead>", "<tbody>"]
+    lines += [cells("td", line) for line in body]
+    return "\n".join([*lines, "</tbody>", "</table>"])
+
+
+def as_record(row: Row) -> dict[str, Any]:
+    """The row as CSV and JSON give it: :data:`RECORD_FIELDS`, values as they are."""
+    return {name: getattr(row, name) for name in RECORD_FIELDS}
+
+
 def as_csv(rows: Sequence[Row]) -> str:
+    """One line per row, every field of :data:`RECORD_FIELDS`; ``best_params`` as JSON."""
     out = io.StringIO()
-    fields = [f for f in Row.__dataclass_fields__ if f != "best_params"] + ["best_params"]
-    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=RECORD_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        data = asdict(row)
-        data["best_params"] = json.dumps(row.best_params)
-        writer.writerow(data)
+        writer.writerow({**as_record(row), "best_params": json.dumps(row.best_params)})
     return out.getvalue().rstrip("\n")
 
 
 def as_json(rows: Sequence[Row]) -> str:
-    return json.dumps([asdict(r) for r in rows], indent=2)
+    """A list of :func:`as_record` objects."""
+    return json.dumps([as_record(r) for r in rows], indent=2)
 
 
 FORMATS: dict[str, Callable[[Sequence[Row]], str]] = {
