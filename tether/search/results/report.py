@@ -1,39 +1,106 @@
-"""One self-contained HTML file of plotly figures for a spec's studies.
+"""One self-contained HTML file: the comparison table and plotly figures for a spec's studies.
 
-1. the methods side by side: test accuracy, mean +- std over the evaluation seeds;
-2. optimisation history of each method (validation accuracy per trial, best so far);
-3. validation accuracy against each searched radius / weight (log axes);
-4. the per-layer distance profile: how far each method's best trial moved every layer group;
-5. parameter importance per method (Optuna's default evaluator), where there are enough trials.
+At the top, for every condition together:
+
+1. the comparison table of :mod:`~tether.search.results.compare`, with its 95 % intervals and
+   the paired differences to the baseline;
+2. cost against quality: each method's test accuracy (mean, 95 % interval over the evaluation
+   seeds) against the device-hours of its search and evaluation, one point per method and
+   condition, so a method that needs one run shows how much cheaper it is, and at what price;
+3. with conditions: each method's test accuracy across them.
+
+Then for each spec (each condition):
+
+4. the methods side by side: test accuracy, mean +- std over the evaluation seeds;
+5. optimisation history of each method (validation accuracy per trial, best so far);
+6. validation accuracy against each searched radius / weight (log axes);
+7. the per-layer distance profile: how far each method's best trial moved every layer group;
+8. parameter importance per method (Optuna's default evaluator), where there are enough trials.
+
+A method has one colour in every figure.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from collections.abc import Sequence
 import html
+import itertools
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+import plotly.colors
 import plotly.graph_objects as go
 
 from tether.search.execution.studies import best_trial
 from tether.search.execution.studies import find_studies
+from tether.search.results.compare import Row
+from tether.search.results.compare import as_html
 from tether.search.results.compare import collect
 from tether.search.spec import StudySpec
+
+
+STYLE = "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:2px 8px}"
 
 
 def _studies(spec: StudySpec, storage: optuna.storages.BaseStorage) -> dict[str, optuna.Study]:
     return {m: s for _, m, s in find_studies([spec], storage) if s is not None}
 
 
-def _comparison(spec: StudySpec, storage: optuna.storages.BaseStorage) -> go.Figure:
-    rows = [r for r in collect(spec, storage) if r.test_mean is not None]
+def method_colours(specs: Sequence[StudySpec]) -> dict[str, str]:
+    """One plotly colour per method of ``specs``, in the order the specs list them."""
+    methods = dict.fromkeys(m for spec in specs for m in spec.methods)
+    palette = itertools.cycle(plotly.colors.qualitative.Plotly)
+    return dict(zip(methods, palette, strict=False))
+
+
+def _evaluated(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if r.test_mean is not None]
+
+
+def _half_width(row: Row) -> float:
+    """Half the 95 % interval of the test mean, in points (0 without an interval)."""
+    if row.test_ci_low is None or row.test_ci_high is None:
+        return 0.0
+    return 50 * (row.test_ci_high - row.test_ci_low)
+
+
+def cost_quality_figure(rows: Sequence[Row], colours: Mapping[str, str]) -> go.Figure:
+    """Test accuracy (mean, 95 % interval as error bars) against the device-hours of search and
+    evaluation: one trace per method in its colour, one point per condition."""
+    figure = go.Figure()
+    for method, colour in colours.items():
+        points = [r for r in _evaluated(rows) if r.method == method]
+        if not points:
+            continue
+        figure.add_scatter(
+            x=[r.hours for r in points],
+            y=[100 * (r.test_mean or 0.0) for r in points],
+            error_y={"type": "data", "array": [_half_width(r) for r in points]},
+            text=[r.condition or "" for r in points],
+            mode="markers+text",
+            textposition="top center",
+            marker={"color": colour, "size": 10},
+            name=method,
+        )
+    figure.update_layout(
+        title="Test accuracy (mean, 95 % interval over seeds) against compute "
+        "(search + evaluation)",
+        xaxis_title="device-hours",
+        yaxis_title="test accuracy (%)",
+    )
+    return figure
+
+
+def _comparison(rows: Sequence[Row], colours: Mapping[str, str]) -> go.Figure:
+    rows = _evaluated(rows)
     figure = go.Figure(
         go.Bar(
             x=[r.method for r in rows],
             y=[100 * (r.test_mean or 0.0) for r in rows],
             error_y={"type": "data", "array": [100 * (r.test_std or 0.0) for r in rows]},
+            marker_color=[colours[r.method] for r in rows],
         )
     )
     figure.update_layout(
@@ -43,7 +110,7 @@ def _comparison(spec: StudySpec, storage: optuna.storages.BaseStorage) -> go.Fig
     return figure
 
 
-def _history(studies: dict[str, optuna.Study]) -> go.Figure:
+def _history(studies: dict[str, optuna.Study], colours: Mapping[str, str]) -> go.Figure:
     figure = go.Figure()
     for method, study in studies.items():
         trials = sorted(
@@ -52,19 +119,17 @@ def _history(studies: dict[str, optuna.Study]) -> go.Figure:
         )
         values = [100 * (t.value or 0.0) for t in trials]
         best = [max(values[: i + 1]) for i in range(len(values))]
-        figure.add_scatter(
-            x=[t.number for t in trials], y=values, mode="markers", name=f"{method}"
-        )
-        figure.add_scatter(
-            x=[t.number for t in trials], y=best, mode="lines", name=f"{method} (best)"
-        )
+        numbers = [t.number for t in trials]
+        line = {"color": colours[method]}
+        figure.add_scatter(x=numbers, y=values, mode="markers", marker=line, name=method)
+        figure.add_scatter(x=numbers, y=best, mode="lines", line=line, name=f"{method} (best)")
     figure.update_layout(
         title="Optimisation history", xaxis_title="trial", yaxis_title="val accuracy (%)"
     )
     return figure
 
 
-def _against_params(studies: dict[str, optuna.Study]) -> go.Figure:
+def _against_params(studies: dict[str, optuna.Study], colours: Mapping[str, str]) -> go.Figure:
     figure = go.Figure()
     for method, study in studies.items():
         trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -77,6 +142,7 @@ def _against_params(studies: dict[str, optuna.Study]) -> go.Figure:
                     x=[x for x, _ in points],
                     y=[y for _, y in points],
                     mode="markers",
+                    marker={"color": colours[method]},
                     name=f"{method}: {param}",
                 )
     figure.update_layout(
@@ -88,7 +154,7 @@ def _against_params(studies: dict[str, optuna.Study]) -> go.Figure:
     return figure
 
 
-def _distances(studies: dict[str, optuna.Study]) -> go.Figure:
+def _distances(studies: dict[str, optuna.Study], colours: Mapping[str, str]) -> go.Figure:
     figure = go.Figure()
     for method, study in studies.items():
         best = best_trial(study)
@@ -96,7 +162,11 @@ def _distances(studies: dict[str, optuna.Study]) -> go.Figure:
             continue
         distances = best.user_attrs.get("distances", {})
         figure.add_scatter(
-            x=list(distances), y=list(distances.values()), mode="lines+markers", name=method
+            x=list(distances),
+            y=list(distances.values()),
+            mode="lines+markers",
+            line={"color": colours[method]},
+            name=method,
         )
     figure.update_layout(
         title="Distance moved from the pretrained weights by each method's best trial",
@@ -107,7 +177,7 @@ def _distances(studies: dict[str, optuna.Study]) -> go.Figure:
     return figure
 
 
-def _importance(studies: dict[str, optuna.Study]) -> go.Figure | None:
+def _importance(studies: dict[str, optuna.Study], colours: Mapping[str, str]) -> go.Figure | None:
     bars = []
     for method, study in studies.items():
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -117,7 +187,14 @@ def _importance(studies: dict[str, optuna.Study]) -> go.Figure | None:
             importances = optuna.importance.get_param_importances(study)
         except (RuntimeError, ValueError):
             continue
-        bars.append(go.Bar(name=method, x=list(importances), y=list(importances.values())))
+        bars.append(
+            go.Bar(
+                name=method,
+                x=list(importances),
+                y=list(importances.values()),
+                marker_color=colours[method],
+            )
+        )
     if not bars:
         return None
     figure = go.Figure(bars)
@@ -125,21 +202,19 @@ def _importance(studies: dict[str, optuna.Study]) -> go.Figure | None:
     return figure
 
 
-def _by_condition(specs: Sequence[StudySpec], storage: optuna.storages.BaseStorage) -> go.Figure:
+def _by_condition(rows: Sequence[Row], colours: Mapping[str, str]) -> go.Figure:
     """Each method's test accuracy across the conditions of a spec (e.g. noise rates)."""
     figure = go.Figure()
-    by_method: dict[str, list[tuple[str, float, float]]] = {}
-    for spec in specs:
-        for row in collect(spec, storage):
-            if row.test_mean is not None:
-                point = (spec.condition or spec.name, row.test_mean, row.test_std or 0.0)
-                by_method.setdefault(row.method, []).append(point)
-    for method, points in by_method.items():
+    for method, colour in colours.items():
+        points = [r for r in _evaluated(rows) if r.method == method]
+        if not points:
+            continue
         figure.add_scatter(
-            x=[p[0] for p in points],
-            y=[100 * p[1] for p in points],
-            error_y={"type": "data", "array": [100 * p[2] for p in points]},
+            x=[r.condition or "-" for r in points],
+            y=[100 * (r.test_mean or 0.0) for r in points],
+            error_y={"type": "data", "array": [100 * (r.test_std or 0.0) for r in points]},
             mode="lines+markers",
+            line={"color": colour},
             name=method,
         )
     figure.update_layout(
@@ -150,37 +225,54 @@ def _by_condition(specs: Sequence[StudySpec], storage: optuna.storages.BaseStora
     return figure
 
 
-def _figures(spec: StudySpec, storage: optuna.storages.BaseStorage) -> list[go.Figure]:
+def _figures(
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    rows: Sequence[Row],
+    colours: Mapping[str, str],
+) -> list[go.Figure]:
+    """The figures of one spec (one condition); ``rows`` are every condition's."""
     studies = _studies(spec, storage)
     figures = [
-        _comparison(spec, storage),
-        _history(studies),
-        _against_params(studies),
-        _distances(studies),
+        _comparison([r for r in rows if r.condition == spec.condition], colours),
+        _history(studies, colours),
+        _against_params(studies, colours),
+        _distances(studies, colours),
     ]
-    importance = _importance(studies)
+    importance = _importance(studies, colours)
     if importance is not None:
         figures.append(importance)
     return figures
 
 
 def write_report(
-    specs: StudySpec | Sequence[StudySpec], storage: optuna.storages.BaseStorage, path: Path
+    specs: StudySpec | Sequence[StudySpec],
+    storage: optuna.storages.BaseStorage,
+    path: Path,
+    *,
+    baseline: str | None = None,
 ) -> Path:
     """Write the report to ``path`` (plotly.js inlined once: the file opens offline).
 
-    Several specs (the conditions of one spec file) get one section each, after a figure
-    that follows every method across the conditions.
+    The table pairs every method with ``baseline`` (None: no pairing). Several specs (the
+    conditions of one spec file) get one section each, after the table and the figures that
+    cover them all.
+
+    Raises:
+        ValueError: ``baseline`` is not a method of the specs.
     """
     specs = [specs] if isinstance(specs, StudySpec) else list(specs)
-    sections: list[tuple[str, list[go.Figure]]] = []
+    rows = collect(specs, storage, baseline=baseline)
+    colours = method_colours(specs)
+    overview = [cost_quality_figure(rows, colours)]
     if len(specs) > 1:
-        sections.append(("All conditions", [_by_condition(specs, storage)]))
-    sections += [(spec.name, _figures(spec, storage)) for spec in specs]
-    parts = []
+        overview.append(_by_condition(rows, colours))
+    sections = [("All conditions", overview)]
+    sections += [(spec.name, _figures(spec, storage, rows, colours)) for spec in specs]
+    parts: list[str] = []
     first = True
     for heading, figures in sections:
-        html_parts = []
+        html_parts = [] if parts else [as_html(rows)]
         for figure in figures:
             html_parts.append(
                 figure.to_html(full_html=False, include_plotlyjs="inline" if first else False)
@@ -192,8 +284,8 @@ def write_report(
     body = "\n".join(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-        f"<body><h1>{title}</h1>\n{body}\n</body></html>\n",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{title}</h1>\n{body}\n</body></html>\n",
         encoding="utf-8",
     )
     return path
