@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from tests.search.results.conftest import evaluation
 from tether.search.execution.studies import create_studies
+from tether.search.results.evaluate import EVALUATION_ATTR
 from tether.search.spec import load_specs
 from tether.search.storage import open_storage
 
@@ -69,6 +71,20 @@ def test_a_verb_that_trains_nothing_imports_no_torch(
     assert "torch" not in modules
     assert "torchvision" not in modules
     assert "tether" in modules
+
+
+def test_compare_computes_its_intervals_without_torch(tmp_path: Path) -> None:
+    """With evaluations to compare, the intervals need scipy, and still no torch."""
+    url = f"sqlite:///{tmp_path / 'evaluated.db'}"
+    storage = open_storage(url)
+    for spec in load_specs(SPEC):
+        for study in create_studies(spec, storage, groups=[])[:2]:
+            study.set_user_attr(EVALUATION_ATTR, evaluation([0.70, 0.80, 0.75]))
+    done, modules = _imported(["compare", SPEC, "--storage", url], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "+0.0 [+0.0, +0.0]" in done.stdout
+    assert "scipy" in modules
+    assert "torch" not in modules
 
 
 def test_the_help_imports_neither_optuna_nor_plotly(tmp_path: Path) -> None:

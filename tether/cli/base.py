@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
+DEFAULT_BASELINE = "standard"
 
 
 class Command(abc.ABC):
@@ -64,6 +65,17 @@ def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_baseline_argument(parser: argparse.ArgumentParser) -> None:
+    """``--baseline METHOD``: the method every other is paired with, seed by seed."""
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="METHOD",
+        help=f"the method the others are compared with, paired by evaluation seed "
+        f"(default: {DEFAULT_BASELINE}, where the spec has it)",
+    )
+
+
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """Where trials run (``--devices``, ``--trials-per-device``), how they start, their logs."""
     parser.add_argument(
@@ -86,15 +98,17 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_selected(args: argparse.Namespace) -> list[StudySpec]:
     """The spec's conditions (one spec if it has none) that ``--conditions`` selects, with
-    ``--methods`` and the device flags checked; nothing is opened or printed.
+    ``--methods``, ``--baseline`` and the device flags checked; nothing is opened or printed.
 
     Raises:
-        ConfigError: a bad spec, condition, method or device flag.
+        ConfigError: a bad spec, condition, method, baseline or device flag.
     """
     from tether.search.spec import load_specs
 
     specs = _conditions(load_specs(args.spec, args.overrides), args)
     selected_methods(specs[0], args)
+    if hasattr(args, "baseline"):
+        selected_baseline(specs[0], args.baseline)
     if hasattr(args, "devices"):
         from tether.search.execution.slots import parse_devices
 
@@ -121,6 +135,25 @@ def selected_methods(spec: StudySpec, args: argparse.Namespace) -> list[str] | N
             f"it has {', '.join(known)}"
         )
     return list(args.methods)
+
+
+def selected_baseline(spec: StudySpec, name: str | None) -> str | None:
+    """The method the others are paired with: ``name`` (``--baseline``), else ``standard``
+    where the spec has it, else None (no pairing).
+
+    Raises:
+        ConfigError: ``name`` is not a method of the spec.
+    """
+    from tether.errors import ConfigError
+
+    if name is None:
+        return DEFAULT_BASELINE if DEFAULT_BASELINE in spec.methods else None
+    if name not in spec.methods:
+        raise ConfigError(
+            f"--baseline names {name!r}, which the spec does not have; "
+            f"it has {', '.join(spec.methods)}"
+        )
+    return name
 
 
 def _conditions(specs: list[StudySpec], args: argparse.Namespace) -> list[StudySpec]:

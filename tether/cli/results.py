@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING
 
 from tether.cli.base import EXIT_OK
 from tether.cli.base import Command
+from tether.cli.base import add_baseline_argument
 from tether.cli.base import add_spec_arguments
 from tether.cli.base import open_selected
+from tether.cli.base import selected_baseline
 from tether.cli.base import selected_methods
 
 
@@ -24,54 +26,75 @@ FORMATS = ("text", "markdown", "csv", "json")
 
 
 def print_table(
-    specs: Sequence[StudySpec], storage: optuna.storages.BaseStorage, fmt: str
+    specs: Sequence[StudySpec],
+    storage: optuna.storages.BaseStorage,
+    fmt: str,
+    *,
+    baseline: str | None = None,
 ) -> None:
-    """The comparison table of ``specs`` on stdout, as ``fmt``."""
+    """The comparison table of ``specs`` on stdout, as ``fmt``, paired with ``baseline``
+    (default: see :func:`~tether.cli.base.selected_baseline`)."""
     from tether.search.results.compare import FORMATS as WRITERS
     from tether.search.results.compare import collect
 
-    print(WRITERS[fmt](collect(specs, storage)))
+    chosen = selected_baseline(specs[0], baseline)
+    print(WRITERS[fmt](collect(specs, storage, baseline=chosen)))
 
 
 def write_report(
-    specs: Sequence[StudySpec], storage: optuna.storages.BaseStorage, path: str | None
+    specs: Sequence[StudySpec],
+    storage: optuna.storages.BaseStorage,
+    path: str | None,
+    *,
+    baseline: str | None = None,
 ) -> Path:
-    """The HTML report of ``specs`` at ``path`` (default: ``<spec>-report.html``)."""
+    """The HTML report of ``specs`` at ``path`` (default: ``<spec>-report.html``), paired
+    with ``baseline`` (default: see :func:`~tether.cli.base.selected_baseline`)."""
     from tether.search.results.report import write_report as write
 
     name = specs[0].name if len(specs) == 1 else specs[0].family
     target = Path(path or f"{name.replace('/', '_')}-report.html")
-    write(specs, storage, target)
+    write(specs, storage, target, baseline=selected_baseline(specs[0], baseline))
     return target
 
 
 class CompareCommand(Command):
-    """Print the comparison table: trials, best val, test mean +- std, hours, per method."""
+    """Print the comparison table: test accuracy and interval, difference to a baseline, hours.
+
+    Per method (and condition): its trials, the configuration it reports, the test accuracy
+    over the evaluation seeds (mean +- std and the interval of the mean), the difference to
+    the baseline paired by seed, and the search and evaluation hours.
+    """
 
     name = "compare"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_spec_arguments(parser)
+        add_baseline_argument(parser)
         parser.add_argument("--format", choices=FORMATS, default="text")
 
     def run(self, args: argparse.Namespace) -> int:
         specs, storage = open_selected(args, every=False)
-        print_table(specs, storage, args.format)
+        print_table(specs, storage, args.format, baseline=args.baseline)
         return EXIT_OK
 
 
 class ReportCommand(Command):
-    """Write one self-contained HTML file of plotly figures for a spec's studies."""
+    """Write one self-contained HTML file: the comparison table and plotly figures.
+
+    Cost against test accuracy for every method first, then each method's search.
+    """
 
     name = "report"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_spec_arguments(parser)
+        add_baseline_argument(parser)
         parser.add_argument("--output", "-o", default=None, help="default: <spec>-report.html")
 
     def run(self, args: argparse.Namespace) -> int:
         specs, storage = open_selected(args, every=False)
-        print(write_report(specs, storage, args.output))
+        print(write_report(specs, storage, args.output, baseline=args.baseline))
         return EXIT_OK
 
 
