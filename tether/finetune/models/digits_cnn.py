@@ -11,12 +11,14 @@ from torch import nn
 import torch.nn.functional as F
 
 from tether.files import atomic_write
+from tether.finetune._determinism import cache_threads
+from tether.finetune._determinism import kernel_identity
 from tether.finetune.data.config import DataConfig
 from tether.finetune.data.digits import digits_source_split
 from tether.jsondata import json_digest
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SOURCE_SEED = 0
 DEFAULT_WIDTHS = (32, 64, 128)
 
@@ -75,11 +77,14 @@ def pretrained_source_checkpoint(
 
     Trains on every image of ``cfg.source_classes`` (inputs ``uint8 / 255``, no normalisation)
     with Adam (lr 1e-3), batches of 64 and cross-entropy, on CPU, from the fixed seed 0 whatever
-    ``cfg.seed`` is, so every fine-tuning seed starts from the same source network. The caller's
-    global RNG state is left untouched. The file is cached under
+    ``cfg.seed`` is, so every fine-tuning seed starts from the same source network. It trains
+    on one thread (:func:`~tether.finetune._determinism.cache_threads`), so the network is the
+    same bit for bit whatever thread count the caller runs with. The caller's global RNG state
+    and thread count are left untouched. The file is cached under
     ``cache_dir / "digits" / "source-<sha256>.pt"``, keyed by the source classes, image size,
-    widths, epochs and seed, written atomically and reused by later calls and processes. It loads
-    with ``torch.load(path, weights_only=True)`` into ``DigitsCNN(len(cfg.source_classes))``.
+    widths, epochs, seed and torch version, written atomically and reused by later calls and
+    processes. It loads with ``torch.load(path, weights_only=True)`` into
+    ``DigitsCNN(len(cfg.source_classes))``.
 
     Raises:
         ValueError: ``epochs < 1``.
@@ -93,12 +98,14 @@ def pretrained_source_checkpoint(
         "widths": list(widths),
         "epochs": epochs,
         "seed": SOURCE_SEED,
+        **kernel_identity(torch.device("cpu")),
     }
     key = json_digest(payload)
     path = Path(cache_dir) / "digits" / f"source-{key}.pt"
     if _loadable(path):
         return path
-    state = _pretrain(cfg, epochs=epochs, widths=widths)
+    with cache_threads():
+        state = _pretrain(cfg, epochs=epochs, widths=widths)
     atomic_write(path, lambda handle: torch.save(state, handle))
     return path
 

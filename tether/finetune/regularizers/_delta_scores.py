@@ -3,9 +3,10 @@
 The authors' ``channel_eval.py`` (Li et al., ICLR 2019): train a new linear head on the frozen
 backbone, then for each channel of each hooked layer measure how much the loss grows when the
 channel is switched off (its filter zeroed, so its output is the layer's bias). The raw
-increases are stored per layer under a key of network + data + layers + settings and reused by
-every later run; :func:`tether.finetune.regularizers._delta.delta_attention` turns them into
-weights.
+increases are computed on one CPU thread (the same scores whatever thread count a trial runs
+with), stored per layer under a key of network + data + layers + settings + torch version and
+device type, and reused by every later run;
+:func:`tether.finetune.regularizers._delta.delta_attention` turns them into weights.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import torch.nn.functional as F
 
 from tether.errors import ConfigError
 from tether.files import atomic_write
+from tether.finetune._determinism import cache_threads
+from tether.finetune._determinism import kernel_identity
 from tether.finetune.regularizers._context import PenaltyContext
 from tether.jsondata import json_digest
 
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _MAX_ABLATION_IMAGES = 256
 
 
@@ -84,6 +87,7 @@ def _cache_path(ctx: PenaltyContext, layers: Sequence[str], **params: int) -> Pa
         "layers": list(layers),
         "seed": ctx.seed,
         "version": _CACHE_VERSION,
+        **kernel_identity(ctx.device),
         **params,
     }
     key = json_digest(payload)
@@ -260,9 +264,10 @@ def delta_channel_weights(
        record for every channel ``j`` of every layer ``loss(channel j off) - loss``,
        averaged over the batches.
 
-    The result depends only on the run's ``cache_key``, the arguments and ``ctx.seed``; it
-    is kept as JSON under ``ctx.cache_dir / "delta"`` and reused. The caller's global RNG
-    state is not consumed.
+    The result depends only on the run's ``cache_key``, the arguments, ``ctx.seed``, the
+    torch version and the device type, not on the caller's thread count (it is computed on
+    one thread); it is kept as JSON under ``ctx.cache_dir / "delta"`` and reused. The
+    caller's global RNG state is not consumed.
 
     Returns:
         ``{layer: float32 scores of shape [C]}`` on the CPU (larger = more important).
@@ -282,7 +287,7 @@ def delta_channel_weights(
         raise ConfigError("DELTA needs training images to weight its channels", kind="data")
 
     devices = [ctx.device] if ctx.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with cache_threads(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(ctx.seed)
         net = _plain_copy(ctx.model).eval()
         first = ctx.transform(ctx.train_images[:1].to(ctx.device))

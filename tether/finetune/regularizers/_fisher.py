@@ -22,8 +22,10 @@ estimated on ``samples`` source images (a seeded draw without replacement), one 
 per image from the network's own predictive distribution, so no source labels are needed.
 Per-sample gradients come from ``torch.func`` (``vmap`` over ``grad``), or a loop of
 single-image backward passes for a model ``vmap`` cannot batch. The network is in ``eval()``
-mode (BatchNorm uses its running statistics). The raw F is cached on disk, keyed by the
-source network, the source images, their transform and the settings, and reused by every run.
+mode (BatchNorm uses its running statistics). The raw F is computed on one CPU thread (the
+same F whatever thread count a trial runs with), cached on disk, keyed by the source network,
+the source images, their transform, the settings, the torch version and the device type, and
+reused by every run.
 
 Scale: the authors add a raw ``fisher_epsilon`` to a raw F, whose size depends on the network
 and the data. Here F is first divided by its mean over the regularised entries (the mean
@@ -51,6 +53,8 @@ import torch.nn.functional as F
 
 from tether.errors import ConfigError
 from tether.files import atomic_write
+from tether.finetune._determinism import cache_threads
+from tether.finetune._determinism import kernel_identity
 from tether.finetune.layers import HEAD
 from tether.finetune.regularizers._context import PenaltyContext
 from tether.finetune.regularizers._context import SourceTask
@@ -61,7 +65,7 @@ from tether.finetune.regularizers._sp import penalised_targets
 from tether.jsondata import json_digest
 
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 FISHER_SEED = 0
 NO_SOURCE = (
     "penalty l2-sp-fisher needs source images: set penalty.fisher_data to a folder of "
@@ -232,9 +236,11 @@ def source_fisher(
     Loads ``ctx.source()`` (the pretrained network with its source head, and source images),
     then reads or writes ``ctx.cache_dir / "fisher" / <sha256>.pt``, a plain dict of tensors
     (``torch.load(weights_only=True)``), keyed by the source task's fingerprint (network,
-    images, transform), the head name (which parameters are skipped), ``samples``, ``seed``
-    and a format version. The seed is fixed by default: F belongs to the source network, so
-    every trial and every fine-tuning seed shares one.
+    images, transform), the head name (which parameters are skipped), ``samples``, ``seed``,
+    the torch version, the device type and a format version. The seed is fixed by default: F
+    belongs to the source network, so every trial and every fine-tuning seed shares one; and
+    F is computed on one thread, so it is the same whatever thread count the trial that
+    computes it runs with.
 
     Raises:
         ConfigError: the run has no source images (``ctx.source`` is ``None`` or says so).
@@ -248,6 +254,7 @@ def source_fisher(
         "samples": samples,
         "seed": seed,
         "version": _CACHE_VERSION,
+        **kernel_identity(ctx.device),
     }
     path = _cache_path(ctx.cache_dir, payload)
     cached = _load_cache(path)
@@ -262,9 +269,10 @@ def source_fisher(
         flush=True,
     )
     model = task.model.to(ctx.device)
-    fisher = fisher_diagonal(
-        model, task.images, transform=task.transform, skip=ctx.head, samples=samples, seed=seed
-    )
+    with cache_threads():
+        fisher = fisher_diagonal(
+            model, task.images, transform=task.transform, skip=ctx.head, samples=samples, seed=seed
+        )
     _save_cache(path, fisher, samples=n)
     return fisher
 
