@@ -49,6 +49,34 @@ class Split:
         return self.labels if self.clean_labels is None else self.clean_labels
 
 
+def subset(split: Split, index: torch.Tensor) -> Split:
+    """The images (and labels) of ``split`` at ``index``, in that order."""
+    clean = None if split.clean_labels is None else split.clean_labels[index]
+    return Split(split.images[index].contiguous(), split.labels[index], clean)
+
+
+def hold_out(split: Split, share: float, *, seed: int) -> tuple[Split, Split]:
+    """Carve a random ``share`` of ``split`` out: ``(the rest, the held-out part)``.
+
+    The held-out part gets ``round(share * len)`` images, at least one; the rest keeps its
+    original order.
+
+    Raises:
+        ConfigError: the share would leave no image on either side.
+    """
+    from tether.errors import ConfigError
+
+    held = max(1, round(share * len(split)))
+    if held >= len(split):
+        raise ConfigError(
+            f"holding out {share:g} of {len(split)} training images leaves none to train on"
+        )
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    chosen = torch.zeros(len(split), dtype=torch.bool)
+    chosen[order[:held]] = True
+    return subset(split, (~chosen).nonzero().flatten()), subset(split, chosen.nonzero().flatten())
+
+
 def concat_splits(*splits: Split) -> Split:
     """Concatenate splits in order; ``clean_labels`` is kept if any split has noisy labels."""
     images = torch.cat([s.images for s in splits]).contiguous()

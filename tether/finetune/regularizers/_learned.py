@@ -1,0 +1,99 @@
+"""What the learned-radius methods constrain, and their radii in a MARS-PGM's units.
+
+Two conventions choose the tensors (``constraint.tensors``):
+
+* ``reference`` (FTP's and TPGM's released code): every trainable parameter except the new
+  head's, weights by output rows, 1-D tensors (biases, normalisation scales and shifts) each
+  as one whole-tensor row;
+* ``tether`` (Tether's fixed-radius constraint): convolution and linear weights by rows,
+  normalisation scales element-wise, biases and shifts free.
+
+The head is found by identity (the parameters of the head module), so a wrapper that prefixes
+every name (``module.`` of DistributedDataParallel) cannot make it constrained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from tether.finetune.layers import HEAD
+from tether.finetune.layers import LayerGroups
+from tether.finetune.regularizers._rowset import Layout
+from tether.finetune.regularizers._rowset import RowSet
+from tether.finetune.regularizers._targets import collect_targets
+
+
+Convention = Literal["reference", "tether"]
+CONVENTIONS: tuple[Convention, ...] = ("reference", "tether")
+
+
+@dataclass(frozen=True)
+class Constrained:
+    """One tensor whose radius is learned: the parameter, how it is read, and its group."""
+
+    param: nn.Parameter
+    layout: Layout
+    group: str
+
+
+def constrained_tensors(
+    model: nn.Module, groups: LayerGroups, *, head: str, convention: Convention = "reference"
+) -> list[Constrained]:
+    """The tensors a learned-radius method constrains in ``model`` (see the module docstring)."""
+    if convention == "tether":
+        return [
+            Constrained(t.param, "rows" if t.kind == "matrix" else "elements", t.group)
+            for t in collect_targets(model, groups)
+            if t.group != HEAD
+        ]
+    skip = {id(p) for p in model.get_submodule(head).parameters()}
+    out = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in skip:
+            continue
+        layout: Layout = "rows" if param.dim() >= 2 else "whole"
+        out.append(Constrained(param, layout, groups.group_of(name) or groups.extractor[0]))
+    return out
+
+
+def group_radii(
+    rows: RowSet, radii: torch.Tensor, groups: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Each group's learned radius, absolute and relative, as one MARS-PGM group radius.
+
+    A group's radius is the largest learned radius of its row-wise tensors (all its tensors
+    when it has none): the smallest single radius that holds every tensor of the group where
+    the learned radii put it. Relative: each tensor's radius divided by the mean l1 norm of
+    its pretrained rows (the unit of a ``relative`` constraint), the largest in the group.
+
+    Returns:
+        ``{"absolute": {group: radius}, "relative": {group: radius}}``.
+    """
+    scale = rows.tensor_sum([b.anchor.abs().sum(dim=1) for b in rows.blocks])
+    counts = rows.tensor_sum([torch.ones_like(b.anchor[:, 0]) for b in rows.blocks])
+    mean_norm = (scale / counts.to(scale.dtype)).tolist()
+    values = radii.tolist()
+    absolute: dict[str, float] = {}
+    relative: dict[str, float] = {}
+    for group in dict.fromkeys(groups):
+        members = [i for i, g in enumerate(groups) if g == group]
+        by_rows = [i for i in members if rows.layouts[i] == "rows"] or members
+        absolute[group] = max(values[i] for i in by_rows)
+        relative[group] = max(values[i] / max(mean_norm[i], 1e-12) for i in by_rows)
+    return {"absolute": absolute, "relative": relative}
+
+
+def group_distances(
+    rows: RowSet, norms: Sequence[torch.Tensor], groups: Sequence[str]
+) -> dict[str, float]:
+    """``{group: largest row norm}`` from per-block row norms."""
+    largest = rows.tensor_max(norms).tolist()
+    out: dict[str, float] = {}
+    for value, group in zip(largest, groups, strict=True):
+        out[group] = max(out.get(group, 0.0), value)
+    return out
