@@ -69,6 +69,15 @@ def format_result(result: dict[str, Any]) -> str:
     frob = result.get("distances_frob", {})
     for group, value in result["distances"].items():
         lines.append(f"  {group:<14} {value:10.4g} {frob.get(group, math.nan):10.4g}")
+    learned = result.get("learned_radii")
+    if learned:
+        lines.append("learned radius per group (absolute, relative to the pretrained rows):")
+        for group, value in learned["absolute"].items():
+            lines.append(f"  {group:<14} {value:10.4g} {learned['relative'][group]:10.4g}")
+    if "probe" in result:
+        lines.append(f"linear probe   C = {result['probe']['c']:.3g}")
+    if "wise" in result:
+        lines.append(f"WiSE-FT        alpha = {result['wise']['alpha']:g}")
     return "\n".join(lines)
 
 

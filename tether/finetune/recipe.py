@@ -42,6 +42,11 @@ class Recipe:
             raise ConfigError(
                 "model.weights 'digits-source' needs data.kind 'digits' (the source task)"
             )
+        if self.constraint.learn == "ftp" and self.train.optimizer == "spd":
+            raise ConfigError(
+                "constraint.learn 'ftp' is an optimiser around adam or sgd; "
+                "train.optimizer cannot also be spd"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain JSON/YAML data."""

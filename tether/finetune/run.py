@@ -18,10 +18,12 @@ from typing import Any
 
 import torch
 
+from tether.errors import ConfigError
 from tether.finetune.data import BatchTransform
 from tether.finetune.data import Split
 from tether.finetune.data import TaskData
 from tether.finetune.data import load_task
+from tether.finetune.data.types import hold_out
 from tether.finetune.layers import layer_groups
 from tether.finetune.models import BuiltModel
 from tether.finetune.models import build_model
@@ -34,10 +36,18 @@ from tether.finetune.regularizers import Reference
 from tether.finetune.regularizers import build_constraint
 from tether.finetune.regularizers import build_penalty
 from tether.finetune.regularizers import collect_targets
+from tether.finetune.regularizers._learner import Learner
+from tether.finetune.training import wise
+from tether.finetune.training.config import TrainConfig
 from tether.finetune.training.loop import Device
 from tether.finetune.training.loop import EpochStats
 from tether.finetune.training.loop import Trainer
 from tether.finetune.training.loop import evaluate
+from tether.finetune.training.optim import build_optimizer
+from tether.finetune.training.probe import Probe
+from tether.finetune.training.probe import fit_probe
+from tether.finetune.training.probe import head_features
+from tether.finetune.training.probe import load_probe
 from tether.finetune.training.relabel import relabel_summary
 from tether.jsondata import json_digest
 from tether.version import __version__
@@ -99,6 +109,55 @@ def versions() -> dict[str, str]:
     }
 
 
+def _linear_probe(
+    model: torch.nn.Module,
+    head: str,
+    train: Split,
+    val: Split | None,
+    *,
+    cfg: TrainConfig,
+    classes: int,
+    transform: BatchTransform,
+    device: Device,
+) -> Probe:
+    """LP-FT's first stage: fit the head as a linear probe, and load it."""
+    module = model.get_submodule(head)
+    if not isinstance(module, torch.nn.Linear):
+        kind = type(module).__name__
+        raise ConfigError(f"train.linear_probe needs a linear head; {head!r} is a {kind}")
+
+    def features(split: Split) -> torch.Tensor:
+        return head_features(model, module, split, transform=transform, device=device.device,
+                             batch_size=cfg.eval_batch_size)  # fmt: skip
+
+    probe = fit_probe(
+        (features(train), train.labels),
+        None if val is None else (features(val), val.labels),
+        num_classes=classes,
+        c=cfg.probe_c,
+    )
+    load_probe(module, probe)
+    log(f"linear probe: C={probe.c:.3g}, val accuracy {probe.val_accuracy}")
+    return probe
+
+
+def _wise(
+    model: torch.nn.Module,
+    start: dict[str, torch.Tensor],
+    setting: float | str | None,
+    *,
+    head: str,
+    score: Callable[[], float],
+) -> dict[str, Any]:
+    """WiSE-FT after training: the val-chosen (or fixed) interpolation, loaded in place."""
+    if isinstance(setting, float):
+        model.load_state_dict(wise.interpolate(start, wise.snapshot(model), setting, keep=[head]))
+        return {"alpha": setting}
+    alpha, scores = wise.choose(model, start, keep=[head], score=score)
+    log(f"WiSE-FT: alpha {alpha:g} (val accuracy {scores[alpha]:.3f})")
+    return {"alpha": alpha, "val_by_alpha": {f"{a:g}": v for a, v in scores.items()}}
+
+
 def run(
     recipe: Recipe,
     *,
@@ -130,9 +189,28 @@ def run(
     targets = collect_targets(model, groups)
     reference = Reference(targets)
     eval_transform = BatchTransform(recipe.data, train=False)
-    constraint = build_constraint(
+    train_split: Split = task.train_val() if cfg.refit else task.train
+    val_split = None if cfg.refit else task.val
+    heldout_split = None
+    if recipe.constraint.needs_holdout:
+        train_split, heldout_split = hold_out(
+            train_split, recipe.constraint.holdout, seed=cfg.seed
+        )
+    start_weights = wise.snapshot(model) if cfg.wise is not None else None
+    probe = None
+    if cfg.linear_probe:
+        probe = _linear_probe(
+            model, built.head, train_split, val_split, cfg=cfg, classes=len(task.classes),
+            transform=eval_transform, device=device,
+        )  # fmt: skip
+    learner = Learner.build(
+        recipe.constraint, model, head=built.head, groups=groups, device=device.device,
+        heldout=heldout_split, transform=eval_transform, seed=cfg.seed,
+        autocast=device.autocast,
+    )  # fmt: skip
+    constraint = learner.projection if learner.projection is not None else build_constraint(
         recipe.constraint, model, head=built.head, groups=groups, reference=reference
-    )
+    )  # fmt: skip
     penalty = build_penalty(
         recipe.penalty,
         PenaltyContext(
@@ -146,8 +224,9 @@ def run(
             ),
         ),
     )  # fmt: skip
-    train_split: Split = task.train_val() if cfg.refit else task.train
-    val_split = None if cfg.refit else task.val
+    sizes = {"train": len(train_split), "val": len(task.val), "test": len(task.test)}
+    if heldout_split is not None:
+        sizes["heldout"] = len(heldout_split)
     emit(
         {
             "event": "start",
@@ -158,18 +237,21 @@ def run(
             else str(device.amp_dtype).removeprefix("torch."),
             "model": {"name": built.name, "weights": built.weights, "head": built.head},
             "groups": list(groups.names),
-            "constraint": repr(constraint),
-            "sizes": {"train": len(train_split), "val": len(task.val), "test": len(task.test)},
+            "constraint": learner.describe() or repr(constraint),
+            "sizes": sizes,
             "classes": len(task.classes),
             "versions": versions(),
             "pid": os.getpid(),
         }
     )
+    head_params = list(model.get_submodule(built.head).parameters())
     trainer = Trainer(
         model, cfg, device=device, constraint=constraint, penalty=penalty,
         train_transform=BatchTransform(recipe.data, train=True),
         eval_transform=eval_transform, should_stop=should_stop,
+        optimizer=build_optimizer(model, cfg, head=head_params, ftp=learner.ftp_options()),
     )  # fmt: skip
+    learner.attach(trainer.optimizer)
     curve: list[dict[str, Any]] = []
 
     def on_epoch(stats: EpochStats) -> None:
@@ -178,11 +260,17 @@ def run(
         emit(event)
 
     selected = trainer.fit(train_split, val_split, on_epoch=on_epoch)
+    learner.finish()
 
     def accuracy(split: Split) -> float:
         return evaluate(
             model, split, transform=eval_transform, device=device, batch_size=cfg.eval_batch_size
         ).accuracy
+
+    wise_result = None
+    if start_weights is not None:
+        wise_result = _wise(model, start_weights, cfg.wise, head=built.head,
+                            score=lambda: accuracy(task.val))  # fmt: skip
 
     result: dict[str, Any] = {
         "event": "result",
@@ -198,6 +286,13 @@ def run(
         "device": str(device.device),
         "seconds": time.perf_counter() - started,
     }
+    learned = learner.radii()
+    if learned is not None:
+        result["learned_radii"] = learned
+    if probe is not None:
+        result["probe"] = {"c": probe.c, "val_accuracy": probe.val_accuracy}
+    if wise_result is not None:
+        result["wise"] = wise_result
     if task.train.clean_labels is not None and not cfg.refit:
         result["noisy_fraction"] = float(
             (task.train.labels != task.train.clean_labels).float().mean()

@@ -34,6 +34,9 @@ class NoConstraint(BaseProjection):
     def distances(self) -> dict[str, float]:
         return {}
 
+    def __repr__(self) -> str:
+        return "no constraint"
+
 
 class BasePenalty(abc.ABC):
     """A differentiable term added to the training loss."""

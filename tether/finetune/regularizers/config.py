@@ -12,6 +12,8 @@ from tether.finetune.regularizers.penalties import PENALTIES
 
 
 Norm = Literal["mars", "frob"]
+Learner = Literal["none", "ftp", "tpgm", "tpgm-posthoc"]
+LEARNERS: tuple[Learner, ...] = typing.get_args(Learner)
 """The distances a constraint or penalty measures: max absolute row sum, or Frobenius."""
 NORMS: tuple[Norm, ...] = typing.get_args(Norm)
 
@@ -22,6 +24,25 @@ class ConstraintConfig:
 
     ``radius`` is one number for every pretrained group, a ``{group: radius}`` mapping, or,
     with ``scale`` set, the base of the layer-wise schedule ``radius * scale**depth``.
+
+    ``learn`` replaces the given radii by one radius per tensor learned during the run
+    (the new head stays free; reference/learned-radii.md has the exact algorithms):
+
+    - ``ftp`` (Tian et al., NeurIPS 2023): inside the optimiser, from the previous step's
+      deviation; ``norm`` must be ``mars``. ``k`` in [0, 1] damps a hypergradient that would
+      shrink a radius (1: the reference's, strongest).
+    - ``tpgm`` (Tian et al., CVPR 2023): after every ``proj_freq`` steps, ``iters`` updates
+      from a held-out batch of ``holdout_batch`` images drawn from a ``holdout`` share of the
+      training images (carved out, never the validation split); ``init`` ``tight`` (half the
+      smallest row distance, the reference's) or ``loose`` (the largest).
+    - ``tpgm-posthoc``: train freely, then ``posthoc_iters`` radius updates between W0 and
+      the finished weights and one projection (with ``norm: frob``: a learned per-tensor
+      WiSE-FT).
+
+    ``radius_lr`` is the radii's Adam learning rate (TPGM's ``proj_lr``). ``tensors``: which
+    tensors, ``reference`` (every trainable tensor but the head, 1-D ones as one whole row)
+    or ``tether`` (conv and linear weights by rows, normalisation scales element-wise,
+    biases free).
     """
 
     norm: Literal["none", Norm] = "none"
@@ -30,8 +51,32 @@ class ConstraintConfig:
     head_radius: float = math.inf
     relative: bool = False
     mode: Literal["rescale", "exact"] = "rescale"
+    learn: Learner = "none"
+    tensors: Literal["reference", "tether"] = "reference"
+    k: float = 1.0
+    radius_lr: float = 1e-2
+    proj_freq: int = 1
+    iters: int = 1
+    posthoc_iters: int = 200
+    holdout: float = 0.1
+    holdout_batch: int = 64
+    init: Literal["tight", "loose"] = "tight"
 
     def __post_init__(self) -> None:
+        self._check_radii()
+        self._check_learner()
+
+    @property
+    def learned(self) -> bool:
+        """Whether the radii are learned during the run rather than given."""
+        return self.learn != "none"
+
+    @property
+    def needs_holdout(self) -> bool:
+        """Whether the run carves a held-out share from the training images (TPGM)."""
+        return self.learn in ("tpgm", "tpgm-posthoc")
+
+    def _check_radii(self) -> None:
         radii = (
             [(f"constraint.radius.{g}", r) for g, r in self.radius.items()]
             if isinstance(self.radius, dict)
@@ -55,6 +100,42 @@ class ConstraintConfig:
             raise ConfigError(
                 "constraint radii are set but constraint.norm is 'none'; "
                 "set constraint.norm to mars or frob"
+            )
+
+    def _check_learner(self) -> None:
+        if not self.learned:
+            return
+        if self.norm == "none":
+            raise ConfigError(
+                f"constraint.learn is {self.learn!r} but constraint.norm is 'none'; "
+                "set constraint.norm to mars or frob"
+            )
+        if self.learn == "ftp" and self.norm != "mars":
+            raise ConfigError(
+                f"constraint.learn 'ftp' needs constraint.norm mars, got {self.norm!r}"
+            )
+        given = isinstance(self.radius, dict) or math.isfinite(self.radius)
+        if given or math.isfinite(self.head_radius) or self.scale is not None:
+            raise ConfigError(
+                f"constraint.learn is {self.learn!r}: the radii are learned, so leave "
+                "constraint.radius, head_radius and scale unset"
+            )
+        if self.mode != "rescale":
+            raise ConfigError(
+                "learned radii use the radial rescaling: constraint.mode must be rescale"
+            )
+        if not 0 <= self.k <= 1:
+            raise ConfigError(f"constraint.k must be in [0, 1], got {self.k!r}")
+        if not (self.radius_lr > 0 and math.isfinite(self.radius_lr)):
+            raise ConfigError(f"constraint.radius_lr must be > 0, got {self.radius_lr!r}")
+        for key in ("proj_freq", "iters", "posthoc_iters", "holdout_batch"):
+            value = getattr(self, key)
+            if value < 1:
+                raise ConfigError(f"constraint.{key} must be an integer >= 1, got {value!r}")
+        if not 0 < self.holdout < 1:
+            raise ConfigError(
+                f"constraint.holdout is the share of training images held out, in (0, 1); "
+                f"got {self.holdout!r}"
             )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Literal
 
 from tether.errors import ConfigError
@@ -29,9 +30,24 @@ class TrainConfig:
     from this epoch on, each batch loss is ``sum_i w_i l_i`` with ``w = softmax(-l / T)``,
     where ``T`` starts at ``reweight_temperature`` and decays to half of it. The paper's
     ResNet-18 settings: reweight epoch 5, temperature 2.0, correct epoch 10, threshold 0.9.
+
+    ``optimizer: spd`` is Adam with selective projection decay (Tian et al., NeurIPS 2024) of
+    strength ``spd_lam`` towards the pretrained weights (``spd_anchor: zero``: towards 0, for
+    adapters); the new head takes plain Adam.
+
+    LP-FT (Kumar et al., ICLR 2022): ``linear_probe`` first fits the new head as a logistic
+    regression on the frozen backbone's features, its inverse regularisation ``C`` chosen on
+    the validation split from a path of 50 values (or fixed by ``probe_c``, as a refit must);
+    then the whole network is fine-tuned from that head. ``bn_eval`` keeps every layer in
+    eval mode while training (BatchNorm statistics frozen), as the LP-FT runs do.
+
+    WiSE-FT (Wortsman et al., CVPR 2022): ``wise`` interpolates the pretrained layers between
+    W0 and the fine-tuned weights after training, ``(1 - a) W0 + a W``, the new head kept
+    fine-tuned; ``val`` chooses ``a`` in 0, 0.1, .., 1 on the validation split, a number
+    fixes it (as a refit must).
     """
 
-    optimizer: Literal["adam", "sgd"] = "adam"
+    optimizer: Literal["adam", "sgd", "spd"] = "adam"
     lr: float = 1e-4
     amsgrad: bool = True
     momentum: float = 0.9
@@ -53,6 +69,12 @@ class TrainConfig:
     correct_threshold: float = 0.9
     reweight_epoch: int = 0
     reweight_temperature: float = 1.0
+    spd_lam: float = 1.0
+    spd_anchor: Literal["pretrained", "zero"] = "pretrained"
+    linear_probe: bool = False
+    probe_c: float | None = None
+    bn_eval: bool = False
+    wise: float | Literal["val"] | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -87,9 +109,32 @@ class TrainConfig:
             raise ConfigError(
                 f"train.correct_threshold must be in (0, 1], got {self.correct_threshold!r}"
             )
+        self._check_robust()
         if self.refit and self.select != "last":
             raise ConfigError("train.refit trains on train+val, so train.select must be 'last'")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(
                 f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+            )
+
+    def _check_robust(self) -> None:
+        if not (self.spd_lam >= 0 and math.isfinite(self.spd_lam)):
+            raise ConfigError(f"train.spd_lam must be >= 0, got {self.spd_lam!r}")
+        if self.optimizer == "spd" and self.weight_decay:
+            raise ConfigError(
+                "train.optimizer spd replaces weight decay: set train.weight_decay 0"
+            )
+        if self.probe_c is not None and not (self.probe_c > 0 and math.isfinite(self.probe_c)):
+            raise ConfigError(f"train.probe_c must be > 0, got {self.probe_c!r}")
+        if isinstance(self.wise, float) and not 0 <= self.wise <= 1:
+            raise ConfigError(f"train.wise must be val or a number in [0, 1], got {self.wise!r}")
+        if self.refit and self.wise == "val":
+            raise ConfigError(
+                "train.wise 'val' chooses on the validation split, which a refit trains on; "
+                "give the coefficient (train.wise: 0.5)"
+            )
+        if self.refit and self.linear_probe and self.probe_c is None:
+            raise ConfigError(
+                "train.linear_probe chooses C on the validation split, which a refit trains "
+                "on; give train.probe_c"
             )

@@ -149,6 +149,7 @@ class Trainer:
         eval_transform: uint8 batch -> input, without.
         should_stop: polled between batches; when it returns true the run raises
             :class:`Stopped`.
+        optimizer: the optimiser (default: :func:`build_optimizer` of ``cfg``).
     """
 
     def __init__(
@@ -162,6 +163,7 @@ class Trainer:
         train_transform: Transform,
         eval_transform: Transform,
         should_stop: Callable[[], bool] = lambda: False,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         self.model = model
         self.cfg = cfg
@@ -171,7 +173,7 @@ class Trainer:
         self.train_transform = train_transform
         self.eval_transform = eval_transform
         self.should_stop = should_stop
-        self.optimizer = build_optimizer(model, cfg)
+        self.optimizer = optimizer if optimizer is not None else build_optimizer(model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(
             device.device.type, enabled=device.amp_dtype == torch.float16
@@ -207,7 +209,7 @@ class Trainer:
         Returns:
             The mean training loss, and the accuracy against the (possibly corrected) labels.
         """
-        self.model.train()
+        self.model.train(not self.cfg.bn_eval)
         stored = self._labels_of(split)
         total = torch.zeros((), device=self.device.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device.device, dtype=torch.long)
