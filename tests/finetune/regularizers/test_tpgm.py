@@ -29,7 +29,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(32, 5, generator=g), torch.randint(0, 4, (32,), generator=g)
 
 
-def _tpgm(layer: nn.Module, w0: torch.Tensor, **kwargs: object) -> TPGM:
+def _tpgm(layer: nn.Linear, w0: torch.Tensor, **kwargs: object) -> TPGM:
     moved = layer.weight.detach().clone()
     with torch.no_grad():
         layer.weight.copy_(w0)  # W0 is the weight when TPGM is built
@@ -54,6 +54,7 @@ def test_hypergradient_matches_the_closed_form_and_autograd() -> None:
     closed = float(((tilde.grad * d).sum(1) / n)[outside].sum())  # type: ignore[operator]
     computed = tpgm.hypergradient([tilde.grad], [d], [n], torch.tensor([radius]))  # type: ignore[list-item]
     torch.testing.assert_close(float(computed[0]), closed, rtol=1e-5, atol=1e-8)
+    assert g.grad is not None
     torch.testing.assert_close(float(computed[0]), float(g.grad), rtol=1e-4, atol=1e-8)
 
 
@@ -135,15 +136,16 @@ def test_posthoc_frob_is_a_per_tensor_interpolation() -> None:
 
 
 def test_the_heldout_forward_runs_in_eval_mode_and_restores_training() -> None:
-    model = nn.Sequential(nn.Linear(5, 5), nn.BatchNorm1d(5), nn.Linear(5, 4))
+    first, norm = nn.Linear(5, 5), nn.BatchNorm1d(5)
+    model = nn.Sequential(first, norm, nn.Linear(5, 4))
     modes = []
-    model[1].register_forward_pre_hook(lambda m, a: modes.append(m.training))
-    tpgm = TPGM(model, [(model[0].weight, "rows")], heldout=_batch)
+    norm.register_forward_pre_hook(lambda m, a: modes.append(m.training))
+    tpgm = TPGM(model, [(first.weight, "rows")], heldout=_batch)
     model.train()
     tpgm.project_()
     assert modes == [False]
     assert model.training
-    assert torch.equal(model[1].running_mean, torch.zeros(5)), "running stats untouched"
+    assert torch.equal(norm.running_mean, torch.zeros(5)), "running stats untouched"  # type: ignore[arg-type]
 
 
 def test_bad_settings_are_refused() -> None:

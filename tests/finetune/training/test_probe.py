@@ -44,11 +44,13 @@ def test_c_is_chosen_on_validation_along_the_path() -> None:
     vx, vy = _features(30, 3, 2)
     probe = fit_probe((x, y), (vx, vy), num_classes=3)
     assert probe.c in C_PATH
+    assert probe.val_accuracy is not None
     assert probe.val_accuracy == pytest.approx(
         float((probe.logits(vx).argmax(1) == vy).double().mean())
     )
     assert probe.val_accuracy > 0.9
     tiny = fit_probe((x, y), (vx, vy), num_classes=3, c=C_PATH[0])
+    assert tiny.val_accuracy is not None
     assert probe.val_accuracy >= tiny.val_accuracy
 
 
@@ -66,9 +68,10 @@ def test_a_class_absent_from_training_is_never_predicted() -> None:
 
 def test_the_model_predicts_like_its_probe_before_the_first_step() -> None:
     torch.manual_seed(0)
+    head = nn.Linear(4, 3)
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(4, 3),
+        head,
     )  # fmt: skip
     images = torch.randint(0, 256, (24, 3, 6, 6), dtype=torch.uint8)
     split = Split(images, torch.arange(24) % 3)
@@ -76,11 +79,11 @@ def test_the_model_predicts_like_its_probe_before_the_first_step() -> None:
     def transform(batch: torch.Tensor) -> torch.Tensor:
         return batch.float() / 255
 
-    features = head_features(model, model[5], split, transform=transform,
+    features = head_features(model, head, split, transform=transform,
                              device=torch.device("cpu"), batch_size=10)  # fmt: skip
     assert features.shape == (24, 4)
     probe = fit_probe((features, split.labels), None, num_classes=3, c=10.0)
-    load_probe(model[5], probe)
+    load_probe(head, probe)
     model.eval()
     with torch.no_grad():
         logits = model(transform(images)).double()

@@ -10,10 +10,12 @@ from tether.finetune.training import wise
 
 def _model(seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
-    model[1].running_mean.normal_()
-    model[1].num_batches_tracked.fill_(seed + 5)
-    return model
+    norm = nn.BatchNorm1d(4)
+    assert norm.running_mean is not None
+    assert norm.num_batches_tracked is not None
+    norm.running_mean.normal_()
+    norm.num_batches_tracked.fill_(seed + 5)
+    return nn.Sequential(nn.Linear(3, 4), norm, nn.Linear(4, 2))
 
 
 def test_the_ends_are_the_two_models_and_the_head_is_kept() -> None:

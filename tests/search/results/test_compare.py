@@ -178,8 +178,9 @@ def test_conditions_pair_within_their_condition(storage: optuna.storages.BaseSto
     }
     for spec in specs:
         for method in ("standard", "mars-pgm"):
-            add_study(storage, spec, method, evaluated=evaluation(scores[spec.condition, method]))
-    rows = {(r.condition, r.method): r for r in collect(specs, storage, baseline="standard")}
+            scored = scores[spec.condition or "", method]
+            add_study(storage, spec, method, evaluated=evaluation(scored))
+    rows = {(r.condition or "", r.method): r for r in collect(specs, storage, baseline="standard")}
     assert rows["n20", "mars-pgm"].diff_mean == pytest.approx(0.02)
     assert rows["n40", "mars-pgm"].diff_mean == pytest.approx(0.11)
     half = T_1 * math.sqrt(2 * 0.01**2) / math.sqrt(2)

@@ -70,7 +70,7 @@ class TPGM(BaseProjection):
     def __init__(
         self,
         model: nn.Module,
-        constrained: Sequence[tuple[nn.Parameter, Layout]],
+        constrained: Sequence[tuple[torch.Tensor, Layout]],
         *,
         heldout: Callable[[], Batch],
         norm: Norm = "mars",
