@@ -5,17 +5,21 @@ limit passes, the worker is asked to stop (SIGTERM: it finishes the batch and sa
 ``stopped``). Everything a researcher needs afterwards is kept on the trial as user
 attributes, so optuna-dashboard shows it and ``tether compare`` needs nothing else:
 
-==============  ============================================================================
-``recipe``      the resolved recipe the worker ran
-``curve``       the epoch events (losses, accuracies, learning rate, seconds)
-``distances``   largest MARS distance from W0 per layer group (``distances_frob`` too)
-``device``      the slot it ran on (``cpu``, ``cuda:1``) and ``host``
-``seconds``     wall time of the worker, start to exit
-``versions``    tether, torch, torchvision, python of the worker
-``error``       on failure: ``{"kind": ..., "message": ...}`` and the log tail; ``kind`` is
-                ``interrupted`` (Ctrl-C, SIGTERM), ``timeout``, ``crash`` (the process died:
-                a signal such as the OOM killer's SIGKILL, or an exception), ``oom``, ...
-==============  ============================================================================
+==================  ========================================================================
+``recipe``          the resolved recipe the worker ran
+``curve``           the epoch events (losses, accuracies, learning rate, seconds)
+``distances``       largest MARS distance from W0 per layer group (``distances_frob`` too)
+``learned_radii``   FTP, TPGM: the radii learned per group, ``absolute`` and ``relative``
+                    (what a warm start begins from)
+``probe``           LP-FT: the probe's ``c``, chosen on val (fixed from it for a refit)
+``wise``            WiSE-FT: the ``alpha`` chosen on val (fixed from it for a refit)
+``device``          the slot it ran on (``cpu``, ``cuda:1``) and ``host``
+``seconds``         wall time of the worker, start to exit
+``versions``        tether, torch, torchvision, python of the worker
+``error``           on failure: ``{"kind": ..., "message": ...}`` and the log tail; ``kind`` is
+                    ``interrupted`` (Ctrl-C, SIGTERM), ``timeout``, ``crash`` (the process died:
+                    a signal such as the OOM killer's SIGKILL, or an exception), ``oom``, ...
+==================  ========================================================================
 
 :func:`run_claimed` is the whole life of a claimed trial, the same in ``tether run``,
 ``tether worker`` and the harness benchmarks: heartbeat, parameters, worker process, and the
@@ -52,6 +56,11 @@ from tether.search.storage import trial_id_of
 
 
 _log = logging.getLogger(__name__)
+
+
+RESULT_CHOICES = ("learned_radii", "probe", "wise")
+"""What a trial's worker chose or learned on the way, kept for what comes after the search:
+a warm start (:mod:`tether.search.warm_start`), a refit (:mod:`tether.search.results.evaluate`)."""
 
 
 class TrialFailed(Exception):
@@ -198,7 +207,7 @@ def _handle(
 
 
 def _finish(trial: optuna.Trial, result: dict[str, Any], end: dict[str, Any]) -> float:
-    keys = ("distances", "distances_frob", "test_accuracy", "selected_epoch")
+    keys = ("distances", "distances_frob", "test_accuracy", "selected_epoch", *RESULT_CHOICES)
     attrs = {key: result[key] for key in keys if result.get(key) is not None}
     value = result.get("val_accuracy")
     if not isinstance(value, float) or not math.isfinite(value):

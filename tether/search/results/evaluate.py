@@ -5,10 +5,14 @@ validation accuracy) is run ``evaluation.n_seeds`` times with ``train.seed`` and
 ``data.seed`` = 0..n-1, refit on train+val when the spec says so, and scored on the test
 split. The runs go through the same worker processes and slots as the search, and the
 result is stored on the method's study (user attribute ``tether:evaluation``).
+
+A refit trains on the validation split, so it cannot choose on it: what the best trial chose
+there is fixed instead (:func:`refit_recipe`), LP-FT's probe ``C`` and WiSE-FT's coefficient.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from collections.abc import Sequence
 import concurrent.futures
 from dataclasses import dataclass
@@ -45,12 +49,52 @@ class SeedRun:
     recovered: float | None = None
 
 
-def best_recipe(study: optuna.Study) -> tuple[int, dict[str, Any]] | None:
-    """The number and recipe of the best complete trial (:func:`best_trial`), if any."""
+def best_recipe(study: optuna.Study, *, refit: bool) -> tuple[int, dict[str, Any]]:
+    """The number and recipe of the best complete trial (:func:`best_trial`); for a refit,
+    with what it chose on val fixed (:func:`refit_recipe`).
+
+    Raises:
+        LookupError: no trial is complete.
+        ValueError: the best trial kept no choice that a refit must fix.
+    """
     best = best_trial(study)
     if best is None:
-        return None
-    return best.number, deep_copy(best.user_attrs["recipe"])
+        raise LookupError("no complete trial")
+    recipe = best.user_attrs["recipe"]
+    try:
+        return best.number, refit_recipe(recipe, best.user_attrs) if refit else deep_copy(recipe)
+    except ValueError as error:
+        raise ValueError(f"best trial {best.number} {error}") from None
+
+
+def refit_recipe(recipe: Mapping[str, Any], attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """``recipe`` with what its trial chose on val (``attrs``: its user attributes) fixed.
+
+    ``train.probe_c`` from the trial's ``probe.c`` when the probe chose C, ``train.wise``
+    from its ``wise.alpha`` when WiSE-FT chose the coefficient.
+
+    Raises:
+        ValueError: the trial kept no such choice (it ran before trials kept them).
+
+    Example:
+        >>> recipe = {"train": {"linear_probe": True, "probe_c": None, "wise": "val"}}
+        >>> refit_recipe(recipe, {"probe": {"c": 0.5}, "wise": {"alpha": 0.7}})["train"]
+        {'linear_probe': True, 'probe_c': 0.5, 'wise': 0.7}
+    """
+    out: dict[str, Any] = deep_copy(dict(recipe))
+    train = out["train"]
+    if train.get("linear_probe") and train.get("probe_c") is None:
+        train["probe_c"] = _chosen(attrs, "probe", "c")
+    if train.get("wise") == "val":
+        train["wise"] = _chosen(attrs, "wise", "alpha")
+    return out
+
+
+def _chosen(attrs: Mapping[str, Any], attr: str, key: str) -> float:
+    value = (attrs.get(attr) or {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"kept no {attr}.{key} (its choice on val, which a refit reuses)")
+    return float(value)
 
 
 def _seed_recipe(recipe: dict[str, Any], seed: int, *, refit: bool) -> dict[str, Any]:
@@ -115,12 +159,12 @@ def evaluate(
         free.put(slot)
     summaries: dict[str, dict[str, Any]] = {}
     for method, study in load_studies(spec, storage, methods).items():
-        found = best_recipe(study)
-        if found is None:
-            print(f"[{study.study_name}] no complete trial to evaluate", file=sys.stderr)
-            continue
-        number, recipe = found
         n_seeds, refit = spec.evaluation.n_seeds, spec.evaluation.refit
+        try:
+            number, recipe = best_recipe(study, refit=refit)
+        except (LookupError, ValueError) as error:
+            print(f"[{study.study_name}] not evaluated: {error}", file=sys.stderr)
+            continue
         method_dir = log_folder(log_dir, study.study_name)
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(slots)) as pool:
             futures = [
