@@ -362,6 +362,8 @@ _NO_STUDY = (
     "(exit 0, {what})"
 )
 
+WARM_MARS = {"relative": True, "radius": {"low": 0.05, "high": 1.0}, "head_radius": [1.0]}
+
 CASES = [
     # --- study specs (tether run, against the storage holding the spec's studies)
     _case("spec-malformed-yaml", SPEC,
@@ -409,6 +411,26 @@ CASES = [
                                                        "head_radius": [1.0],
                                                        "enqueue": [{"radius": 5.0}]}})),
           "methods.mars-pgm.enqueue[0].radius", "5.0"),
+    _case("spec-spd-strength-below-zero", SPEC,
+          lambda c: c.run(c.spec(methods={"spd": {"lam": {"low": -0.5, "high": 1.0,
+                                                          "log": False}}})),
+          "methods.spd", "train.spd_lam", "-0.5"),
+    _case("spec-tpgm-projection-every-0-steps", SPEC,
+          lambda c: c.run(c.spec(methods={"tpgm": {"proj_freq": {"low": 0, "high": 4}}})),
+          "methods.tpgm", "constraint.proj_freq", "0"),
+    _case("spec-tpgm-holdout-reaching-1", SPEC,
+          lambda c: c.run(c.spec(methods={"tpgm": {"holdout": {"low": 0.1, "high": 1.0}}})),
+          "methods.tpgm", "constraint.holdout", "1.0"),
+    _case("spec-warm-start-from-a-method-not-in-the-spec", SPEC,
+          lambda c: c.run(c.spec(methods={"mars-pgm": {**WARM_MARS, "warm_start": "tpgm"}})),
+          "methods.mars-pgm.warm_start", "tpgm is not a method of this spec"),
+    _case("spec-warm-start-from-a-method-that-learns-no-radii", SPEC,
+          lambda c: c.run(c.spec(methods={"standard": {},
+                                          "mars-pgm": {**WARM_MARS, "warm_start": "standard"}})),
+          "methods.mars-pgm.warm_start", "standard learns no radii"),
+    _case("spec-warm-start-on-a-method-without-radii", SPEC,
+          lambda c: c.run(c.spec(methods={"ftp": {}, "standard": {"warm_start": "ftp"}})),
+          "methods.standard.warm_start", "searches no radii"),
     _case("spec-negative-radius-by-set", SPEC,
           lambda c: c.run(str(c.world.spec), "--set", "set.constraint.head_radius=-1"),
           "constraint.head_radius", "-1"),

@@ -186,6 +186,79 @@ def test_conditions_search_each_noise_rate_and_compare_the_recovered_labels(
     assert "n20" not in text.stdout
 
 
+def _clip(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
+
+
+def test_learned_radii_and_robust_baselines_search_refit_and_compare(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """One trial each of the learned-radius and robust methods, evaluated with a refit (which
+    reuses what the search chose on val); mars-pgm, listed first, waits for ftp's radii."""
+    radius, head = (1e-6, 1.0), (0.5, 2.0)
+    methods = {
+        "mars-pgm": {
+            "groups": "independent",
+            "relative": True,
+            "radius": {"low": radius[0], "high": radius[1]},
+            "head_radius": {"low": head[0], "high": head[1]},
+            "warm_start": "ftp",
+        },
+        "ftp": {"k": {"low": 0.5, "high": 1.0}},
+        "tpgm": {"proj_freq": [1, 2]},
+        "spd": {"lam": [0.5]},
+        "lp-ft": {"lr": {"low": 1e-3, "high": 3e-3}},
+        "wise-ft": {"lr": {"low": 1e-3, "high": 3e-3}},
+    }
+    spec = write_spec(
+        tmp_path,
+        tiny_digits_spec(
+            "robust",
+            recipe=str(ROOT / "configs" / "digits.yaml"),
+            methods=methods,
+            set={"train.batch_size": 5},  # a few steps: FTP's radii grow from 1e-8
+            budget={"n_trials": 1},
+            evaluation={"n_seeds": 2, "refit": True},
+        ),
+    )
+    url = f"sqlite:///{tmp_path}/robust.db"
+    env = _env(cache_dir)
+    done = _tether("run", str(spec), "--storage", url, "--devices", "cpu", "--no-report",
+                   cwd=tmp_path, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    started = "[robust/mars-pgm] first trial: the radii robust/ftp trial 0 learned; clipped"
+    assert started in done.stderr
+    storage = open_storage(url)
+    studies = {m: optuna.load_study(study_name=f"robust/{m}", storage=storage) for m in methods}
+    for method, study in studies.items():
+        (trial,) = study.get_trials(deepcopy=False)
+        assert trial.state == TrialState.COMPLETE, (method, trial.user_attrs.get("error"))
+        evaluation = study.user_attrs["tether:evaluation"]
+        assert evaluation["errors"] == [], method
+        assert len([a for a in evaluation["test_accuracy"] if a is not None]) == 2, method
+    ftp = studies["ftp"].trials[0].user_attrs
+    assert studies["tpgm"].trials[0].user_attrs["learned_radii"]
+    relative = ftp["learned_radii"]["relative"]
+    assert any(radius[0] < r < radius[1] for r in relative.values())  # some pass unclipped
+    learned = {f"radius.{g}": _clip(r, *radius) for g, r in relative.items()}
+    assert studies["mars-pgm"].trials[0].params == {
+        **learned,
+        "head_radius": _clip(ftp["distances"]["head"], *head),
+    }
+    lp_ft = studies["lp-ft"]
+    refit = lp_ft.user_attrs["tether:evaluation"]["recipe"]["train"]
+    assert refit["probe_c"] == lp_ft.trials[0].user_attrs["probe"]["c"]
+    wise_ft = studies["wise-ft"]
+    refit = wise_ft.user_attrs["tether:evaluation"]["recipe"]["train"]
+    assert refit["wise"] == wise_ft.trials[0].user_attrs["wise"]["alpha"]
+    table = _tether("compare", str(spec), "--storage", url, "--format", "json", cwd=tmp_path,
+                    env=env)  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    rows = json.loads(table.stdout)
+    assert [r["method"] for r in rows] == list(methods)
+    assert all(r["seeds"] == 2 for r in rows)
+
+
 def test_status_and_the_optuna_cli_read_the_storage(
     finished: tuple[Path, str, Path], cache_dir: Path
 ) -> None:

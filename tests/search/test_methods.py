@@ -15,6 +15,7 @@ from tether.finetune.recipe import Recipe
 from tether.finetune.recipe import recipe_from_dict
 from tether.jsondata import deep_merge
 from tether.search.methods import GROUP_MODES
+from tether.search.methods import PARAM_PATHS
 from tether.search.methods import GroupMode
 from tether.search.methods import Method
 from tether.search.methods import get_method
@@ -39,6 +40,12 @@ RANGES: dict[str, FloatRange | IntRange | Choice] = {
     "correct_threshold": FloatRange(0.5, 0.99),
     "reweight_epoch": IntRange(1, 10),
     "reweight_temperature": FloatRange(0.5, 4.0),
+    "k": FloatRange(0.1, 1.0, log=False),
+    "radius_lr": FloatRange(1e-3, 1e-1),
+    "proj_lr": FloatRange(1e-3, 1e-1),
+    "proj_freq": IntRange(1, 4),
+    "holdout": FloatRange(0.05, 0.5),
+    "lam": FloatRange(0.0, 2.0, log=False),
 }
 
 
@@ -73,6 +80,7 @@ def _expected_names(name: str, groups: GroupMode) -> set[str]:
 
 def test_registry_holds_every_method_of_the_design() -> None:
     expected = {"standard", "mars-pgm", "frob-pgm", "pgm", "mars-sp", "l2-sp", "frob-sp", "delta"}
+    expected |= {"ftp", "tpgm", "spd", "lp-ft", "wise-ft"}
     assert expected <= set(list_methods())
     for name in list_methods():
         method = get_method(name)
@@ -108,9 +116,15 @@ def test_a_method_with_an_unknown_parameter_is_refused() -> None:
 
 def test_fixed_patches() -> None:
     assert get_method("mars-pgm").patch == {
-        "constraint": {"norm": "mars"},
+        "constraint": {"norm": "mars", "learn": "none"},
         "penalty": {"name": "none"},
-        "train": {"correct_epoch": 0, "reweight_epoch": 0},
+        "train": {
+            "correct_epoch": 0,
+            "reweight_epoch": 0,
+            "linear_probe": False,
+            "bn_eval": False,
+            "wise": None,
+        },
     }
     assert get_method("delta").patch["penalty"] == {"name": "delta"}
     assert get_method("standard").patch["constraint"]["norm"] == "none"
@@ -125,12 +139,15 @@ def test_only_rsl_corrects_or_reweights_labels(name: str) -> None:
 
 def test_rsl_is_a_frobenius_constraint_with_the_papers_label_settings() -> None:
     rsl = get_method("rsl")
-    assert rsl.patch["constraint"] == {"norm": "frob"}
+    assert rsl.patch["constraint"] == {"norm": "frob", "learn": "none"}
     assert rsl.patch["train"] == {
         "correct_epoch": 10,
         "correct_threshold": 0.9,
         "reweight_epoch": 5,
         "reweight_temperature": 2.0,
+        "linear_probe": False,
+        "bn_eval": False,
+        "wise": None,
     }
     assert rsl.constrained
     assert rsl.accepts("scale", "geometric")
@@ -187,20 +204,17 @@ def test_suggest_gives_a_valid_recipe_with_stable_names(name: str, groups: Group
 
 def _check_recipe(name: str, groups: GroupMode, recipe: Recipe, params: dict[str, Any]) -> None:
     method = get_method(name)
-    assert recipe.train.lr == params["lr"]
+    for param, value in params.items():
+        if not param.startswith("radius") and param != "scale":
+            section, key = PARAM_PATHS[param]
+            assert getattr(getattr(recipe, section), key) == value, param
+    assert recipe.penalty.name == method.patch["penalty"]["name"]
+    assert recipe.constraint.learn == method.patch["constraint"]["learn"]
     if not method.constrained:
-        assert recipe.constraint.norm == "none"
-        assert recipe.penalty.name == method.patch["penalty"]["name"]
-        for key in ("alpha", "beta"):
-            if key in method.params:
-                assert getattr(recipe.penalty, key) == params[key]
+        assert recipe.constraint.norm == method.patch["constraint"]["norm"]
+        assert math.isinf(recipe.constraint.head_radius)
         return
-    for key in ("correct_epoch", "correct_threshold", "reweight_epoch", "reweight_temperature"):
-        if key in params:
-            assert getattr(recipe.train, key) == params[key]
-    assert recipe.penalty.name == "none"
     assert recipe.constraint.relative is True
-    assert recipe.constraint.head_radius == params["head_radius"]
     assert recipe.constraint.norm == params.get("norm", method.patch["constraint"].get("norm"))
     if groups == "independent":
         assert recipe.constraint.radius == {g: params[f"radius.{g}"] for g in GROUPS}
@@ -212,6 +226,87 @@ def _check_recipe(name: str, groups: GroupMode, recipe: Recipe, params: dict[str
         )
     else:
         assert (recipe.constraint.radius, recipe.constraint.scale) == (params["radius"], None)
+
+
+SWITCHED_ON: dict[str, Any] = {
+    "constraint": {"norm": "frob", "learn": "tpgm", "radius": 0.5, "scale": 2.0},
+    "penalty": {"name": "l2-sp"},
+    "train": {
+        "linear_probe": True,
+        "bn_eval": True,
+        "wise": 0.5,
+        "correct_epoch": 3,
+        "reweight_epoch": 3,
+    },
+}
+"""A base recipe with what every method turns on turned on (not valid as it stands)."""
+
+
+@pytest.mark.parametrize(("name", "groups"), _cases())
+def test_a_method_is_the_same_whatever_the_base_recipe_switches_on(
+    name: str, groups: GroupMode
+) -> None:
+    patch = _space(name, groups).suggest(optuna.create_study().ask(), groups=GROUPS)
+    plain = recipe_from_dict(deep_merge(_digits(), patch))
+    switched = recipe_from_dict(deep_merge(deep_merge(_digits(), SWITCHED_ON), patch))
+    assert switched.to_dict() == plain.to_dict()
+
+
+def test_learned_radii_methods_clear_the_given_radii_and_set_the_learner() -> None:
+    base = deep_merge(_digits(), {"constraint": {"mode": "exact", "scale": 2.0}})
+    for name, learn in (("ftp", "ftp"), ("tpgm", "tpgm")):
+        space = MethodSpace(name, {"lr": FloatRange(1e-4, 1e-2)})
+        patch = space.suggest(optuna.create_study().ask(), groups=GROUPS)
+        constraint = recipe_from_dict(deep_merge(base, patch)).constraint
+        assert (constraint.learn, constraint.norm, constraint.mode) == (learn, "mars", "rescale")
+        assert constraint.radius == math.inf
+        assert constraint.head_radius == math.inf
+        assert constraint.scale is None
+    assert [m for m in list_methods() if get_method(m).learns_radii] == ["ftp", "tpgm"]
+
+
+def test_tpgm_searches_its_projection_knobs_under_their_paper_names() -> None:
+    space = MethodSpace(
+        "tpgm",
+        {"proj_lr": FloatRange(1e-3, 1e-1), "proj_freq": IntRange(1, 8),
+         "holdout": FloatRange(0.05, 0.3)},
+    )  # fmt: skip
+    trial = optuna.create_study().ask()
+    constraint = space.suggest(trial, groups=GROUPS)["constraint"]
+    assert constraint["radius_lr"] == trial.params["proj_lr"]
+    assert isinstance(constraint["proj_freq"], int)
+    assert constraint["holdout"] == trial.params["holdout"]
+
+
+def test_spd_sets_its_optimiser_without_weight_decay() -> None:
+    base = deep_merge(_digits(), {"train": {"weight_decay": 1e-4}})
+    space = MethodSpace("spd", {"lam": FloatRange(0.1, 1.0)})
+    trial = optuna.create_study().ask()
+    train = recipe_from_dict(deep_merge(base, space.suggest(trial, groups=GROUPS))).train
+    assert (train.optimizer, train.weight_decay, train.spd_lam) == (
+        "spd",
+        0.0,
+        trial.params["lam"],
+    )
+    assert get_method("spd").required == ("lam",)
+    assert "optimizer" not in get_method("standard").patch["train"]
+
+
+def test_lp_ft_probes_with_frozen_batchnorm_and_wise_ft_interpolates() -> None:
+    lp_ft = get_method("lp-ft").patch["train"]
+    assert (lp_ft["linear_probe"], lp_ft["bn_eval"], lp_ft["wise"]) == (True, True, None)
+    wise_ft = get_method("wise-ft").patch["train"]
+    assert (wise_ft["linear_probe"], wise_ft["wise"]) == (False, "val")
+
+
+@pytest.mark.parametrize("name", ["standard", "mars-pgm", "ftp", "lp-ft", "l2-sp"])
+def test_the_wise_option_adds_wise_ft_to_any_method(name: str) -> None:
+    plain = _space(name, "shared")
+    wise = MethodSpace(name, plain.params, relative=True, wise=True)
+    trial = optuna.trial.FixedTrial({p: r.ends()[0] for p, r in plain.params.items()})
+    assert wise.suggest(trial, groups=GROUPS)["train"]["wise"] == "val"
+    assert plain.suggest(trial, groups=GROUPS)["train"]["wise"] is None
+    assert wise.to_data()["wise"] is True
 
 
 def test_standard_undoes_the_recipe_constraint_and_penalty() -> None:

@@ -30,6 +30,18 @@ MARS = {
     "head_radius": {"low": 0.5, "high": 30.0},
 }
 PENALTY = {"alpha": {"low": 1e-4, "high": 0.5}, "beta": {"low": 1e-4, "high": 0.5}}
+ROBUST: dict[str, Any] = {
+    "ftp": {"k": {"low": 0.1, "high": 1.0, "log": False}, "radius_lr": [1e-2, 1e-1]},
+    "tpgm": {
+        "proj_lr": {"low": 1e-3, "high": 1e-1},
+        "proj_freq": {"low": 1, "high": 4},
+        "holdout": {"low": 0.05, "high": 0.3},
+    },
+    "spd": {"lam": {"low": 0.0, "high": 2.0, "log": False}},
+    "lp-ft": {"lr": {"low": 1e-4, "high": 1e-2}},
+    "wise-ft": {"lr": {"low": 1e-4, "high": 1e-2}},
+}
+"""The learned-radius and robust fine-tuning methods, each with the parameters it searches."""
 
 
 def _spec(**changes: Any) -> dict[str, Any]:
@@ -62,10 +74,11 @@ def test_shipped_specs_load(path: Path) -> None:
         assert spec.name == prefix
         recipe_from_dict(spec.base_recipe())
         json.dumps(spec.to_dict(), allow_nan=False)
+        builtin = spec.base_recipe()["data"]["kind"] == "digits"  # no published points
         for method, space in spec.methods.items():
             assert spec.study_name(method) == f"{prefix}/{method}"
             assert len(spec.fingerprint(method)) == 64
-            assert space.enqueue or not space.params or path.stem == "digits"
+            assert space.enqueue or space.warm_start or not space.params or builtin
 
 
 def test_noise_specs_vary_the_noise_rate_per_condition() -> None:
@@ -172,6 +185,11 @@ def test_digits_compares_every_method() -> None:
         "mars-pgm",
         "frob-pgm",
         "pgm",
+        "ftp",
+        "tpgm",
+        "spd",
+        "lp-ft",
+        "wise-ft",
     }
     assert spec.base_recipe()["data"]["noise_rate"] == 0.4
     assert spec.methods["mars-pgm"].enqueue == ({"radius": 0.1, "head_radius": 3.0},)
@@ -257,6 +275,36 @@ def test_to_dict_round_trips_through_spec_from_dict() -> None:
     data = spec.to_dict()
     data.pop("base_recipe")
     assert _load(data) == spec
+
+
+def test_the_learned_and_robust_methods_load_with_their_parameters() -> None:
+    spec = _load(_spec(methods={**ROBUST, "mars-pgm": {**MARS, "wise": True}}))
+    assert spec.methods["tpgm"].params["proj_freq"] == IntRange(1, 4)
+    assert spec.methods["ftp"].params["radius_lr"] == Choice((1e-2, 1e-1))
+    assert spec.methods["spd"].params["lam"] == FloatRange(0.0, 2.0, log=False)
+    assert spec.methods["mars-pgm"].wise
+    assert not spec.methods["lp-ft"].wise
+    data = spec.to_dict()
+    data.pop("base_recipe")
+    assert _load(data) == spec
+
+
+def test_a_warm_start_is_a_starting_point_not_part_of_the_space() -> None:
+    plain = _load(_spec(methods={"ftp": {}, "mars-pgm": MARS}))
+    warm = _load(_spec(methods={"ftp": {}, "mars-pgm": {**MARS, "warm_start": "ftp"}}))
+    assert warm.methods["mars-pgm"].warm_start == "ftp"
+    assert warm.fingerprint("mars-pgm") == plain.fingerprint("mars-pgm")
+    data = warm.to_dict()
+    assert data["methods"]["mars-pgm"]["warm_start"] == "ftp"
+    data.pop("base_recipe")
+    assert _load(data) == warm
+    wise = _load(_spec(methods={"ftp": {}, "mars-pgm": {**MARS, "wise": True}}))
+    assert wise.fingerprint("mars-pgm") != plain.fingerprint("mars-pgm")
+
+
+def test_a_recipe_may_keep_spd_only_when_spd_is_the_only_method() -> None:
+    alone = _spec(set={"train.optimizer": "spd"}, methods={"spd": ROBUST["spd"]})
+    assert _load(alone).base_recipe()["train"]["optimizer"] == "spd"
 
 
 def test_independent_enqueue_may_give_one_radius_for_every_group() -> None:
@@ -412,6 +460,83 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
         "penalty weight below zero",
         _method("l2-sp", alpha=[-0.1, 0.1], beta=[0.1]),
         ["methods.l2-sp", "penalty.alpha", "-0.1"],
+    ),
+    (
+        "spd strength below zero",
+        _method("spd", lam={"low": -0.5, "high": 1.0, "log": False}),
+        ["methods.spd", "train.spd_lam", "-0.5"],
+    ),
+    ("spd needs its strength", _method("spd"), ["methods.spd.lam", "required"]),
+    (
+        "projection every 0 steps",
+        _method("tpgm", proj_freq={"low": 0, "high": 4}),
+        ["methods.tpgm", "constraint.proj_freq", "0"],
+    ),
+    (
+        "projection every 1.5 steps",
+        _method("tpgm", proj_freq={"low": 1.5, "high": 4}),
+        ["methods.tpgm.proj_freq.low", "integer", "1.5"],
+    ),
+    (
+        "holdout reaching 1",
+        _method("tpgm", holdout={"low": 0.1, "high": 1.0}),
+        ["methods.tpgm", "constraint.holdout", "1.0"],
+    ),
+    (
+        "ftp k above 1",
+        _method("ftp", k={"low": 0.5, "high": 2.0}),
+        ["methods.ftp", "constraint.k", "2.0"],
+    ),
+    (
+        "ftp takes no radius",
+        _method("ftp", radius={"low": 0.1, "high": 1.0}),
+        ["methods.ftp.radius", "k, radius_lr, lr"],
+    ),
+    (
+        "ftp takes no groups",
+        _method("ftp", groups="independent"),
+        ["methods.ftp.groups", "ftp searches no radii"],
+    ),
+    ("wise not a bool", _method("standard", wise="yes"), ["methods.standard.wise", "'yes'"]),
+    (
+        "recipe with spd for every method",
+        _spec(set={"train.optimizer": "spd"}),
+        ["train.optimizer is spd", "mars-pgm would run SPD too"],
+    ),
+    (
+        "warm start from a method not in the spec",
+        _method("mars-pgm", **MARS, warm_start="ftp"),
+        ["methods.mars-pgm.warm_start", "ftp is not a method of this spec", "mars-pgm"],
+    ),
+    (
+        "warm start from an unknown method",
+        _method("mars-pgm", **MARS, warm_start="ftpp"),
+        ["methods.mars-pgm.warm_start", "'ftpp'", "tpgm"],
+    ),
+    (
+        "warm start from a method that learns no radii",
+        _spec(methods={"l2-sp": PENALTY, "mars-pgm": {**MARS, "warm_start": "l2-sp"}}),
+        ["methods.mars-pgm.warm_start", "l2-sp learns no radii", "ftp, tpgm"],
+    ),
+    (
+        "warm start on a penalty",
+        _spec(methods={"ftp": {}, "l2-sp": {**PENALTY, "warm_start": "ftp"}}),
+        ["methods.l2-sp.warm_start", "l2-sp searches no radii"],
+    ),
+    (
+        "warm start on a learner",
+        _spec(methods={"ftp": {}, "tpgm": {"warm_start": "ftp"}}),
+        ["methods.tpgm.warm_start", "tpgm searches no radii"],
+    ),
+    (
+        "warm start of frobenius radii",
+        _spec(methods={"ftp": {}, "frob-pgm": {**MARS, "warm_start": "ftp"}}),
+        ["methods.frob-pgm.warm_start", "MARS radii", "frob"],
+    ),
+    (
+        "warm start of pgm without mars",
+        _spec(methods={"ftp": {}, "pgm": {**MARS, "norm": ["frob"], "warm_start": "ftp"}}),
+        ["methods.pgm.warm_start", "MARS radii", "frob"],
     ),
     (
         "refit needs select last",

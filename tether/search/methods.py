@@ -17,11 +17,28 @@ parameter has one stable Optuna name and one place in the recipe::
     correct_threshold  train.correct_threshold   rsl (relabel above this confidence)
     reweight_epoch train.reweight_epoch      rsl (integer: the epoch reweighting starts)
     reweight_temperature  train.reweight_temperature  rsl (T0 of the weights' softmax)
+    k              constraint.k              ftp (in [0, 1]: the weight of a shrinking step)
+    radius_lr      constraint.radius_lr      ftp (the radii's Adam learning rate)
+    proj_lr        constraint.radius_lr      tpgm (the same, under the TPGM paper's name)
+    proj_freq      constraint.proj_freq      tpgm (integer: optimiser steps per radius update)
+    holdout        constraint.holdout        tpgm (share of training images held out)
+    lam            train.spd_lam             spd (strength of the selective decay)
 
-Constraint methods also take three fixed (not searched) options: ``groups`` (how the pretrained
-groups share radii: ``shared`` = one radius for all, as in the MARS-PGM paper; ``independent``
-= one parameter per group; ``geometric`` = ``radius * scale**depth``, Li & Zhang, NeurIPS 2021),
-and ``relative`` and ``mode``, passed straight into the recipe's ``constraint`` section.
+Constraint methods (those that search radii) also take four fixed (not searched) options:
+``groups`` (how the pretrained groups share radii: ``shared`` = one radius for all, as in the
+MARS-PGM paper; ``independent`` = one parameter per group; ``geometric`` =
+``radius * scale**depth``, Li & Zhang, NeurIPS 2021), ``relative`` and ``mode``, passed
+straight into the recipe's ``constraint`` section, and ``warm_start``: a method of the spec
+that learns its radii (``ftp``, ``tpgm``), whose best trial's radii become the first trial
+(:mod:`tether.search.warm_start`). Every method takes ``wise: true``: WiSE-FT after its
+training, the coefficient chosen on the validation split (``train.wise: val``).
+
+Every patch sets each switch that another method turns on (``constraint.learn``,
+``train.linear_probe``, ``bn_eval``, ``wise``, the relabelling epochs), so that a method is
+the same whatever the base recipe says; the knobs behind a switch (``constraint.k``,
+``train.spd_lam``, ...) are read only while it is on. ``train.optimizer`` (Adam or SGD) is the
+recipe's and only ``spd`` sets it, so a spec refuses a base recipe whose optimiser is ``spd``
+(:func:`tether.search.spec.spec_from_dict`): every other method would run SPD too.
 
 A new method is one ``@register_method`` function here; nothing else changes. A trial's
 parameters are sampled into a patch by :meth:`tether.search.space.MethodSpace.suggest`; this
@@ -29,7 +46,7 @@ module imports neither Optuna nor torch.
 
 Example:
     >>> get_method("mars-pgm").patch["constraint"]
-    {'norm': 'mars'}
+    {'norm': 'mars', 'learn': 'none'}
     >>> get_method("mars-pgm").required_params("geometric")
     ('radius', 'head_radius', 'scale')
 """
@@ -62,14 +79,22 @@ PARAM_PATHS: dict[str, tuple[str, str]] = {
     "correct_threshold": ("train", "correct_threshold"),
     "reweight_epoch": ("train", "reweight_epoch"),
     "reweight_temperature": ("train", "reweight_temperature"),
+    "k": ("constraint", "k"),
+    "radius_lr": ("constraint", "radius_lr"),
+    "proj_lr": ("constraint", "radius_lr"),
+    "proj_freq": ("constraint", "proj_freq"),
+    "holdout": ("constraint", "holdout"),
+    "lam": ("train", "spd_lam"),
 }
 """Where each search parameter lands in the recipe (``radius.<group>``: under ``radius``)."""
 
-INT_PARAMS = frozenset({"correct_epoch", "reweight_epoch"})
+INT_PARAMS = frozenset({"correct_epoch", "reweight_epoch", "proj_freq"})
 """Parameters that are integers (a range of them is sampled with ``suggest_int``)."""
 
 GROUP_PREFIX = "radius."
-CONSTRAINT_OPTIONS = ("groups", "relative", "mode")
+CONSTRAINT_OPTIONS = ("groups", "relative", "mode", "warm_start")
+SPACE_OPTIONS = ("enqueue", "wise")
+"""The options every method's entry in a spec takes (the others are in ``Method.options``)."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +107,8 @@ class Method:
         patch: the recipe patch that fixes the method (deep-merged into the base recipe).
         params: the search parameters it accepts, in the order they are suggested.
         required: the parameters a study spec must give a range for.
-        options: the fixed options it accepts (``groups``, ``relative``, ``mode``).
+        options: the fixed options it accepts besides :data:`SPACE_OPTIONS` (a constraint
+            method's :data:`CONSTRAINT_OPTIONS`).
     """
 
     name: str
@@ -96,6 +122,11 @@ class Method:
     def constrained(self) -> bool:
         """Whether the method projects onto radii (and so takes the ``groups`` layouts)."""
         return "radius" in self.params
+
+    @property
+    def learns_radii(self) -> bool:
+        """Whether the method learns its radii while training (so it can warm-start another)."""
+        return self.patch.get("constraint", {}).get("learn", "none") != "none"
 
     def accepts(self, key: str, groups: GroupMode) -> bool:
         """Whether ``key`` is a search parameter of this method under the ``groups`` layout."""
@@ -143,31 +174,71 @@ def get_method(name: str) -> Method:
 
 _UNCONSTRAINED: Patch = {
     "norm": "none",
+    "learn": "none",
     "radius": math.inf,
     "head_radius": math.inf,
     "scale": None,
 }
+_LEARNED_RADII: Patch = {
+    "norm": "mars",
+    "radius": math.inf,
+    "head_radius": math.inf,
+    "scale": None,
+    "mode": "rescale",
+}
+"""What FTP and TPGM need: MARS rows, no given radius, the radial rescaling."""
+
 _CONSTRAINT_PARAMS = ("radius", "scale", "head_radius", "lr")
 _PENALTY_PARAMS = ("alpha", "beta", "lr")
 
 
 _RSL_PARAMS = ("correct_epoch", "correct_threshold", "reweight_epoch", "reweight_temperature")
-_NO_RELABELLING: Patch = {"correct_epoch": 0, "reweight_epoch": 0}
-"""Every method but ``rsl`` trains on the given labels, whatever the base recipe says."""
+_PLAIN_TRAINING: Patch = {
+    "correct_epoch": 0,
+    "reweight_epoch": 0,
+    "linear_probe": False,
+    "bn_eval": False,
+    "wise": None,
+}
+"""Every method trains on the given labels, from the new head as built, with BatchNorm in
+training mode, and keeps its final weights, whatever the base recipe says; the one method
+that does otherwise (``rsl``, ``lp-ft``, ``wise-ft``) overrides its key."""
 
 
-def _constraint(name: str, description: str, norm: str | None) -> Method:
-    fixed: Patch = {} if norm is None else {"norm": norm}
-    params = _CONSTRAINT_PARAMS if norm is not None else ("norm", *_CONSTRAINT_PARAMS)
-    required = ("radius", "head_radius") if norm is not None else ("norm", "radius", "head_radius")
+def _method(
+    name: str,
+    description: str,
+    *,
+    constraint: Patch,
+    params: tuple[str, ...],
+    penalty: str = "none",
+    train: Patch | None = None,
+    required: tuple[str, ...] = (),
+    options: tuple[str, ...] = (),
+) -> Method:
+    """A method whose patch sets every switch another method turns on (module docstring)."""
     return Method(
         name,
         description,
         patch={
-            "constraint": fixed,
-            "penalty": {"name": "none"},
-            "train": dict(_NO_RELABELLING),
+            "constraint": constraint,
+            "penalty": {"name": penalty},
+            "train": {**_PLAIN_TRAINING, **(train or {})},
         },
+        params=params,
+        required=required,
+        options=options,
+    )
+
+
+def _constraint(name: str, description: str, norm: str | None) -> Method:
+    fixed: Patch = {"learn": "none"} if norm is None else {"norm": norm, "learn": "none"}
+    params = _CONSTRAINT_PARAMS if norm is not None else ("norm", *_CONSTRAINT_PARAMS)
+    required = ("radius", "head_radius") if norm is not None else ("norm", "radius", "head_radius")
+    return _method(
+        name,
+        description,
+        constraint=fixed,
         params=params,
         required=required,
         options=CONSTRAINT_OPTIONS,
@@ -175,14 +246,11 @@ def _constraint(name: str, description: str, norm: str | None) -> Method:
 
 
 def _penalty(name: str, description: str, params: tuple[str, ...] = _PENALTY_PARAMS) -> Method:
-    return Method(
+    return _method(
         name,
         description,
-        patch={
-            "constraint": dict(_UNCONSTRAINED),
-            "penalty": {"name": name},
-            "train": dict(_NO_RELABELLING),
-        },
+        constraint=dict(_UNCONSTRAINED),
+        penalty=name,
         params=params,
         required=tuple(p for p in ("alpha", "beta") if p in params),
     )
@@ -191,14 +259,10 @@ def _penalty(name: str, description: str, params: tuple[str, ...] = _PENALTY_PAR
 @register_method
 def _standard() -> Method:
     """Standard fine-tuning: no constraint, no penalty."""
-    return Method(
+    return _method(
         "standard",
         "standard fine-tuning: no constraint, no penalty",
-        patch={
-            "constraint": dict(_UNCONSTRAINED),
-            "penalty": {"name": "none"},
-            "train": dict(_NO_RELABELLING),
-        },
+        constraint=dict(_UNCONSTRAINED),
         params=("lr",),
     )
 
@@ -275,19 +339,82 @@ def _rsl() -> Method:
     temperature 2, correction from epoch 10 above 0.9); a spec searches any of the four.
     """
     base = _constraint("rsl", "", "frob")
-    return Method(
+    return _method(
         "rsl",
         "Frobenius radii + self label-correction + sample reweighting (NeurIPS 2021)",
-        patch={
-            **base.patch,
-            "train": {
-                "correct_epoch": 10,
-                "correct_threshold": 0.9,
-                "reweight_epoch": 5,
-                "reweight_temperature": 2.0,
-            },
+        constraint=dict(base.patch["constraint"]),
+        train={
+            "correct_epoch": 10,
+            "correct_threshold": 0.9,
+            "reweight_epoch": 5,
+            "reweight_temperature": 2.0,
         },
         params=(*base.params, *_RSL_PARAMS),
         required=base.required,
         options=base.options,
+    )
+
+
+@register_method
+def _ftp() -> Method:
+    """FTP (Tian et al., NeurIPS 2023): one radius per tensor, learned inside the optimiser."""
+    return _method(
+        "ftp",
+        "MARS radii learned inside the optimiser from the training gradient (FTP)",
+        constraint={**_LEARNED_RADII, "learn": "ftp"},
+        params=("k", "radius_lr", "lr"),
+    )
+
+
+@register_method
+def _tpgm() -> Method:
+    """TPGM (Tian et al., CVPR 2023): radii learned on held-out training images."""
+    return _method(
+        "tpgm",
+        "MARS radii learned on held-out training images (TPGM)",
+        constraint={**_LEARNED_RADII, "learn": "tpgm"},
+        params=("proj_lr", "proj_freq", "holdout", "lr"),
+    )
+
+
+@register_method
+def _spd() -> Method:
+    """SPD (Tian, Huang, Kira, NeurIPS 2024): Adam that decays only steps moving away from W0.
+
+    SPD replaces weight decay, so the patch sets it to 0 (the recipe would refuse both).
+    """
+    return _method(
+        "spd",
+        "Adam with selective projection decay towards the pretrained weights (SPD)",
+        constraint=dict(_UNCONSTRAINED),
+        train={"optimizer": "spd", "weight_decay": 0.0},
+        params=("lam", "lr"),
+        required=("lam",),
+    )
+
+
+@register_method
+def _lp_ft() -> Method:
+    """LP-FT (Kumar et al., ICLR 2022): a linear probe for the head, then fine-tuning.
+
+    As in the paper's runs, BatchNorm stays in eval mode while fine-tuning (``bn_eval``).
+    """
+    return _method(
+        "lp-ft",
+        "linear probe for the new head, then standard fine-tuning (LP-FT)",
+        constraint=dict(_UNCONSTRAINED),
+        train={"linear_probe": True, "bn_eval": True},
+        params=("lr",),
+    )
+
+
+@register_method
+def _wise_ft() -> Method:
+    """WiSE-FT (Wortsman et al., CVPR 2022): standard fine-tuning, then weight interpolation."""
+    return _method(
+        "wise-ft",
+        "standard fine-tuning, then interpolation towards W0 chosen on val (WiSE-FT)",
+        constraint=dict(_UNCONSTRAINED),
+        train={"wise": "val"},
+        params=("lr",),
     )

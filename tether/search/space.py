@@ -16,7 +16,7 @@ Example:
     ... )
     >>> trial = optuna.create_study().ask()
     >>> sorted(space.suggest(trial, groups=["block1"])["constraint"])
-    ['head_radius', 'norm', 'radius', 'scale']
+    ['head_radius', 'learn', 'norm', 'radius', 'scale']
 """
 
 from __future__ import annotations
@@ -40,9 +40,11 @@ from tether.search.methods import CONSTRAINT_OPTIONS
 from tether.search.methods import GROUP_PREFIX
 from tether.search.methods import INT_PARAMS
 from tether.search.methods import PARAM_PATHS
+from tether.search.methods import SPACE_OPTIONS
 from tether.search.methods import GroupMode
 from tether.search.methods import Patch
 from tether.search.methods import get_method
+from tether.search.methods import list_methods
 
 
 if TYPE_CHECKING:
@@ -66,6 +68,10 @@ class Param(abc.ABC):
     @abc.abstractmethod
     def ends(self) -> tuple[Any, Any]:
         """The two extreme values (probed when the spec loads)."""
+
+    @abc.abstractmethod
+    def nearest(self, value: float) -> Any:
+        """The value of the domain nearest to the number ``value`` (itself when inside)."""
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -119,6 +125,9 @@ class FloatRange(_Range):
         number = isinstance(value, int | float) and not isinstance(value, bool)
         return number and self.low <= value <= self.high  # type: ignore[operator]
 
+    def nearest(self, value: float) -> float:
+        return min(max(float(value), self.low), self.high)
+
     def describe(self) -> str:
         return f"[{self.low!r}, {self.high!r}]{' (log)' if self.log else ''}"
 
@@ -137,6 +146,9 @@ class IntRange(_Range):
     def contains(self, value: object) -> bool:
         integer = isinstance(value, int) and not isinstance(value, bool)
         return integer and self.low <= value <= self.high  # type: ignore[operator]
+
+    def nearest(self, value: float) -> int:
+        return min(max(round(value), self.low), self.high)
 
     def describe(self) -> str:
         return f"integers [{self.low!r}, {self.high!r}]{' (log)' if self.log else ''}"
@@ -163,6 +175,11 @@ class Choice(Param):
     def contains(self, value: object) -> bool:
         return value in self.choices
 
+    def nearest(self, value: float) -> ChoiceValue:
+        """The numeric choice nearest to ``value`` (a list of radii, say)."""
+        numbers = [c for c in self.choices if type(c) in (int, float)]
+        return min(numbers, key=lambda c: abs(c - value))  # type: ignore[operator]
+
     def ends(self) -> tuple[ChoiceValue, ChoiceValue]:
         """The first and last choices (every choice is probed when the spec loads)."""
         return self.choices[0], self.choices[-1]
@@ -185,6 +202,9 @@ class MethodSpace:
         relative: ``constraint.relative`` for the trials; ``None`` keeps the recipe's.
         mode: ``constraint.mode`` for the trials; ``None`` keeps the recipe's.
         enqueue: known-good points, tried before the sampler proposes any.
+        wise: WiSE-FT after training, its coefficient chosen on val (``train.wise: val``).
+        warm_start: the method of the spec whose learned radii make the first trial
+            (:mod:`tether.search.warm_start`); a starting point, like ``enqueue``.
     """
 
     method: str
@@ -193,6 +213,8 @@ class MethodSpace:
     relative: bool | None = None
     mode: Literal["rescale", "exact"] | None = None
     enqueue: tuple[dict[str, Any], ...] = ()
+    wise: bool = False
+    warm_start: str | None = None
 
     def param_for(self, name: str) -> Param | None:
         """The range of Optuna parameter ``name`` (``radius.<g>`` falls back on ``radius``)."""
@@ -241,6 +263,8 @@ class MethodSpace:
             if self.mode is not None:
                 constraint["mode"] = self.mode
             constraint.update(self._radii(trial, groups))
+        if self.wise:
+            patch.setdefault("train", {})["wise"] = "val"
         for name in info.params:
             if name in ("radius", "scale") or name not in self.params:
                 continue
@@ -298,7 +322,7 @@ class MethodSpace:
         return params
 
     def to_data(self, *, enqueue: bool = True) -> dict[str, Any]:
-        """The YAML form (JSON-safe)."""
+        """The YAML form (JSON-safe); without the starting points unless ``enqueue``."""
         data: dict[str, Any] = {}
         if get_method(self.method).constrained:
             data["groups"] = self.groups
@@ -306,9 +330,13 @@ class MethodSpace:
             data["relative"] = self.relative
         if self.mode is not None:
             data["mode"] = self.mode
+        if self.wise:
+            data["wise"] = True
         data.update({name: param.to_data() for name, param in self.params.items()})
         if enqueue and self.enqueue:
             data["enqueue"] = json_safe(list(self.enqueue))
+        if enqueue and self.warm_start is not None:
+            data["warm_start"] = self.warm_start
         return data
 
 
@@ -321,6 +349,8 @@ class _Options:
     relative: bool | None = None
     mode: Literal["rescale", "exact"] | None = None
     enqueue: tuple[dict[str, Any], ...] = ()
+    wise: bool = False
+    warm_start: str | None = None
 
 
 def method_spaces(data: object) -> dict[str, MethodSpace]:
@@ -348,11 +378,11 @@ def _space(name: str, data: object) -> MethodSpace:
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(f"{key} must be a mapping of parameters and options, got {data!r}")
-    option_keys = {k for k in data if k in (*method.options, "enqueue")}
+    option_keys = {k for k in data if k in (*method.options, *SPACE_OPTIONS)}
     misplaced = [k for k in data if k in CONSTRAINT_OPTIONS and k not in option_keys]
     if misplaced:
         raise ConfigError(
-            f"{key}.{misplaced[0]}: {name} has no constraint, so it takes none of "
+            f"{key}.{misplaced[0]}: {name} searches no radii, so it takes none of "
             f"{', '.join(CONSTRAINT_OPTIONS)}"
         )
     options = from_dict(_Options, {k: data[k] for k in option_keys}, prefix=f"{key}.")
@@ -372,10 +402,18 @@ def _space(name: str, data: object) -> MethodSpace:
             f"{key}.{missing[0]} is required: give a range {{low, high}} or a list of choices"
         )
     space = MethodSpace(
-        name, params, options.groups, options.relative, options.mode, options.enqueue
+        name,
+        params,
+        options.groups,
+        options.relative,
+        options.mode,
+        options.enqueue,
+        wise=options.wise,
+        warm_start=options.warm_start,
     )
     for i, point in enumerate(space.enqueue):
         _check_point(space, point, f"{key}.enqueue[{i}]")
+    _check_warm_start(space, f"{key}.warm_start")
     return space
 
 
@@ -401,6 +439,32 @@ def _param(key: str, name: str, value: object) -> Param:
     raise ConfigError(
         f"{key} must be a range {{low, high, log}} or a list of choices, got {value!r}"
     )
+
+
+def _check_warm_start(space: MethodSpace, where: str) -> None:
+    """A warm start names a method that learns MARS radii, for a space that searches them.
+
+    The spec checks that the method is one of its own (:func:`tether.search.spec.spec_from_dict`).
+    """
+    if space.warm_start is None:
+        return
+    try:
+        source = get_method(space.warm_start)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    if not source.learns_radii:
+        learners = ", ".join(m for m in list_methods() if get_method(m).learns_radii)
+        raise ConfigError(
+            f"{where}: {space.warm_start} learns no radii to start from; name one of {learners}"
+        )
+    searched = space.params.get("norm")  # pgm's: a Choice, checked by _param
+    fixed = get_method(space.method).patch["constraint"].get("norm")
+    norms = searched.choices if isinstance(searched, Choice) else (fixed,)
+    if "mars" not in norms:
+        raise ConfigError(
+            f"{where}: {space.warm_start} learns MARS radii, but {space.method} measures "
+            f"{', '.join(map(str, norms))} distances"
+        )
 
 
 def _check_point(space: MethodSpace, point: Mapping[str, Any], where: str) -> None:

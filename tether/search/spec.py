@@ -20,6 +20,9 @@ points to try first, the budget per method, the sampler and pruner, and the fina
         radius: {low: 0.01, high: 2.0, log: true}
         head_radius: {low: 0.5, high: 30.0}
         enqueue: [{radius: 0.1, head_radius: 3.0}]
+        warm_start: ftp                 # before those: the radii ftp's best trial learned
+      ftp: {k: {low: 0.1, high: 1.0, log: false}}
+      wise-ft: {}                       # or any method with wise: true
     evaluation: {n_seeds: 5, refit: false}
 
 A parameter is a range ``{low, high, log}`` (``log`` defaults to true; the integer parameters,
@@ -28,7 +31,9 @@ With ``groups: independent`` the ``radius`` range applies to every layer group a
 ``radius.<group>`` may override it for one group; an enqueued point may give ``radius`` for
 every group at once. Everything is checked when the spec loads, and every error names the
 dotted key, the value and what is allowed. The base recipe is validated with every method's
-patch at the ends of its ranges and at each enqueued point.
+patch at the ends of its ranges and at each enqueued point. A ``warm_start`` must name a method
+of the same spec that learns radii; :class:`~tether.search.execution.runner.Search` runs that
+method's trials first.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from tether.jsondata import deep_merge
 from tether.jsondata import json_digest
 from tether.jsondata import json_safe
 from tether.search.methods import GROUP_PREFIX
+from tether.search.methods import get_method
 from tether.search.samplers import PrunerConfig
 from tether.search.samplers import SamplerConfig
 from tether.search.space import Choice
@@ -318,6 +324,8 @@ def spec_from_dict(
         evaluation=from_dict(EvaluationConfig, data.get("evaluation"), prefix="evaluation."),
         resolved_recipe=_base_recipe(recipe, root, overrides),
     )
+    _check_warm_starts(spec.methods)
+    _check_optimizer(spec)
     _probe(spec)
     return spec
 
@@ -345,6 +353,28 @@ def _base_recipe(recipe: str, root: str, overrides: Mapping[str, Any]) -> dict[s
         return recipe_from_dict(deep_merge(data, overrides)).to_dict()
     except ConfigError as error:
         raise ConfigError(f"recipe {recipe} with set: {error}") from None
+
+
+def _check_warm_starts(methods: Mapping[str, MethodSpace]) -> None:
+    """A warm start's source must be searched in the same spec (same data, same condition)."""
+    for name, space in methods.items():
+        if space.warm_start is not None and space.warm_start not in methods:
+            raise ConfigError(
+                f"methods.{name}.warm_start: {space.warm_start} is not a method of this spec; "
+                f"it has {', '.join(methods)}"
+            )
+
+
+def _check_optimizer(spec: StudySpec) -> None:
+    """Refuse a base recipe with SPD's optimiser: every method but ``spd`` keeps the recipe's."""
+    if spec.resolved_recipe["train"]["optimizer"] != "spd":
+        return
+    others = [m for m in spec.methods if "optimizer" not in get_method(m).patch["train"]]
+    if others:
+        raise ConfigError(
+            f"recipe {spec.recipe} with set: train.optimizer is spd, so {others[0]} would run "
+            "SPD too; set adam or sgd there and compare the spd method"
+        )
 
 
 def _probe(spec: StudySpec) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+import warnings
 
 import optuna
 import pytest
@@ -15,10 +16,14 @@ from tether.search.execution.runner import Search
 from tether.search.execution.slots import parse_devices
 from tether.search.execution.studies import VERSION_ATTR
 from tether.search.execution.studies import create_studies
+from tether.search.execution.studies import enqueue_warm_start
 from tether.search.spec import StudySpec
 from tether.search.spec import spec_from_dict
 from tether.search.storage import open_storage
 from tether.search.storage import study_names
+
+
+GROUPS = ["block1", "block2", "block3"]
 
 
 def _spec(**changes: Any) -> StudySpec:
@@ -92,6 +97,85 @@ def test_a_worker_with_another_optuna_major_refuses_to_join(tmp_path: Path) -> N
     with Launcher() as launcher, pytest.raises(ConfigError, match="optuna 4.6.0"):
         Search(_spec(), storage=storage, launcher=launcher,
                slots=parse_devices("cpu", 1), log_dir=tmp_path)  # fmt: skip
+
+
+# --- warm starts ------------------------------------------------------------------------------
+
+
+WARM_METHODS: dict[str, Any] = {
+    "mars-pgm": {
+        "groups": "independent",
+        "relative": True,
+        "radius": {"low": 0.001, "high": 1.0},
+        "head_radius": {"low": 1.0, "high": 10.0},
+        "enqueue": [{"radius": 0.1, "head_radius": 3.0}],
+        "warm_start": "ftp",
+    },
+    "ftp": {"k": {"low": 0.5, "high": 1.0}},
+}
+LEARNED = {
+    "absolute": {"block1": 0.04, "block2": 0.2, "block3": 0.5},
+    "relative": {"block1": 0.003, "block2": 0.02, "block3": 0.3},
+}
+
+
+def _claim(study: optuna.Study) -> optuna.Trial:
+    """Claim ``study``'s next ticket, as a worker does (this stand-in has no heartbeat)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage", UserWarning)
+        return study.ask()
+
+
+def _finish_learning_trial(study: optuna.Study) -> None:
+    """Run ``study``'s next ticket as an FTP worker would: radii learned, the head moved."""
+    trial = _claim(study)
+    trial.suggest_float("k", 0.5, 1.0)
+    trial.set_user_attr("learned_radii", LEARNED)
+    trial.set_user_attr("distances", {"block1": 0.01, "head": 12.0})
+    study.tell(trial, 0.5)
+
+
+def test_a_warm_start_is_enqueued_from_the_finished_source_once(tmp_path: Path) -> None:
+    spec = _spec(methods=WARM_METHODS, budget={"n_trials": 3})
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    mars, ftp = create_studies(spec, storage, groups=GROUPS)
+    assert mars.get_trials() == []  # its first ticket waits for what ftp learns
+    assert len(ftp.get_trials()) == 3
+
+    def warm_start(ran_here: bool) -> str | None:
+        return enqueue_warm_start(
+            spec, storage, "mars-pgm", groups=GROUPS, source_ran_here=ran_here
+        )
+
+    _finish_learning_trial(ftp)
+    assert "waits for drv/ftp" in str(warm_start(False))  # two of its tickets still wait
+    elsewhere = _claim(ftp)
+    assert "waits for drv/ftp" in str(warm_start(True))  # one runs in another process
+    ftp.tell(elsewhere, 0.1)
+    assert mars.get_trials() == []
+    line = warm_start(True)  # its tickets left behind here: past budget.timeout
+    assert line == (
+        "[drv/mars-pgm] first trial: the radii drv/ftp trial 0 learned; "
+        "clipped into the spec: head_radius 12 -> 10"
+    )
+    first, known, sampled = [t.system_attrs.get("fixed_params") for t in mars.get_trials()]
+    assert first == {f"radius.{g}": r for g, r in LEARNED["relative"].items()} | {
+        "head_radius": 10.0
+    }
+    assert known == {"radius.block1": 0.1, "radius.block2": 0.1, "radius.block3": 0.1,
+                     "head_radius": 3.0}  # fmt: skip
+    assert sampled == {}
+    assert warm_start(True) is None
+    assert len(mars.get_trials()) == 3
+
+
+def test_without_the_source_study_the_sampler_starts(tmp_path: Path) -> None:
+    spec = _spec(methods=WARM_METHODS, budget={"n_trials": 2})
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    (mars,) = create_studies(spec, storage, methods=["mars-pgm"], groups=GROUPS)
+    line = enqueue_warm_start(spec, storage, "mars-pgm", groups=GROUPS, source_ran_here=False)
+    assert line == "[drv/mars-pgm] no radii learned in drv/ftp to start from; the sampler starts"
+    assert mars.get_trials()[0].system_attrs["fixed_params"]["radius.block1"] == 0.1
 
 
 # --- creators started at once -----------------------------------------------------------------

@@ -12,6 +12,7 @@ scale tests and benchmarks run in many processes; :class:`Search` is it for a sp
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Sequence
 from dataclasses import dataclass
 import os
@@ -32,6 +33,7 @@ from tether.search.execution.launcher import Launcher
 from tether.search.execution.launcher import TrialProcess
 from tether.search.execution.slots import Slot
 from tether.search.execution.studies import check_compatible
+from tether.search.execution.studies import enqueue_warm_start
 from tether.search.execution.studies import load_studies
 from tether.search.execution.studies import model_groups
 from tether.search.execution.tickets import Dispatcher
@@ -120,6 +122,7 @@ class TicketRunner:
         self._reason: str | None = None
         self._running: dict[Slot, TrialProcess] = {}
         self._errors: list[BaseException] = []
+        self._stage: frozenset[int] = frozenset()
         cpu_slots = sum(slot.device == "cpu" for slot in self.slots)
         if cpu_slots > 1 and "TETHER_NUM_THREADS" not in os.environ:
             # trials sharing the CPU must share its cores, or they thrash (2 threads each on
@@ -135,6 +138,11 @@ class TicketRunner:
             KeyboardInterrupt: (or :class:`Terminated`) after the trials were stopped.
             Exception: the first error that ended a slot (after the other slots ended).
         """
+        self.run_stage(range(len(self.studies)))
+
+    def run_stage(self, indices: Iterable[int]) -> None:
+        """:meth:`run`, on the tickets of the studies at ``indices`` only."""
+        self._stage = frozenset(indices)
         finished = [threading.Event() for _ in self.slots]
         for slot, done in zip(self.slots, finished, strict=True):
             threading.Thread(
@@ -198,14 +206,16 @@ class TicketRunner:
                 if self._stop.is_set():  # the signal came while this trial was starting
                     process.terminate()
 
-    def _past_deadline(self, index: int) -> bool:
+    def _passed_over(self, index: int) -> bool:
+        """Whether a slot takes no ticket of study ``index`` now (another stage's, or late)."""
         deadline = self._deadlines[index]
-        return deadline is not None and time.monotonic() > deadline
+        late = deadline is not None and time.monotonic() > deadline
+        return late or index not in self._stage
 
     def _work(self, slot: Slot, finished: threading.Event) -> None:
         try:
             while not self._stop.is_set():
-                claimed = self._dispatcher.next(stop=self._stop, skip=self._past_deadline)
+                claimed = self._dispatcher.next(stop=self._stop, skip=self._passed_over)
                 if claimed is None:
                     return
                 index, trial = claimed
@@ -278,7 +288,10 @@ class Search(TicketRunner):
     """Run the tickets of every method of ``spec`` on ``slots`` until none is left.
 
     A :class:`TicketRunner` over the spec's studies (one per method, in the spec's order),
-    whose trials sample the method's search space into the spec's base recipe.
+    whose trials sample the method's search space into the spec's base recipe. A method with
+    ``warm_start`` starts from the radii its source method learns, so the search runs in two
+    stages: the sources' trials to their end, then (their first tickets enqueued by
+    :func:`~tether.search.execution.studies.enqueue_warm_start`) every method's.
 
     Args:
         spec: the study spec.
@@ -313,6 +326,7 @@ class Search(TicketRunner):
         groups: Sequence[str] | None = None,
     ) -> None:
         self.spec = spec
+        self.storage = storage
         self.groups = list(model_groups(spec) if groups is None else groups)
         self.epochs = int(spec.base_recipe()["train"]["epochs"])
         studies = load_studies(  # each study its own sampler: seeded streams stay apart
@@ -337,6 +351,27 @@ class Search(TicketRunner):
             time_limit=spec.budget.trial_timeout,
             timeout=spec.budget.timeout,
         )
+
+    def run(self) -> None:
+        """The two stages (see the class docstring), or one if no method is warm-started."""
+        spaces = self.spec.methods
+        warm = [s.method for s in self.states if spaces[s.method].warm_start is not None]
+        sources = {spaces[m].warm_start for m in warm}
+        first = [i for i, s in enumerate(self.states) if s.method in sources]
+        if first:
+            self.run_stage(first)
+        ran = {self.states[i].method for i in first}
+        for method in warm:
+            line = enqueue_warm_start(
+                self.spec,
+                self.storage,
+                method,
+                groups=self.groups,
+                source_ran_here=spaces[method].warm_start in ran,
+            )
+            if line is not None:
+                print(line, file=sys.stderr, flush=True)
+        super().run()
 
     def _recipe_of(self, index: int, trial: optuna.Trial) -> dict[str, Any]:
         method = self.states[index].method

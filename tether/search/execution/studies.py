@@ -3,9 +3,10 @@
 A spec's method ``m`` is the Optuna study ``<spec name>/m``. Creating it stores the spec, its
 fingerprint (search space and base recipe) and the code's versions on the study, and enqueues
 the budget once (:mod:`~tether.search.execution.tickets`), under a lock so that creators
-started at once do it once (:func:`~tether.search.storage.creation_lock`). Every process
-that later works on the study checks it was made from the same search space and by the same
-Optuna major.
+started at once do it once (:func:`~tether.search.storage.creation_lock`). A warm-started
+method's budget waits for its source's trials (:func:`enqueue_warm_start`), since its first
+ticket holds the radii they learn. Every process that later works on the study checks it was
+made from the same search space and by the same Optuna major.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from tether.errors import ConfigError
+from tether.search.execution.tickets import TICKETS_ATTR
 from tether.search.execution.tickets import enqueue_tickets
 from tether.search.storage import creation_lock
 from tether.search.storage import storage_url
 from tether.search.storage import study_names
+from tether.search.warm_start import Learned
+from tether.search.warm_start import warm_start_params
 from tether.version import __version__
 
 
@@ -57,8 +61,9 @@ def create_studies(
 
     Check, create and enqueue run under the storage's creation lock for this spec: of several
     processes creating the same studies at once, one enqueues the budget and the others find
-    it there. ``groups`` are the model's layer groups (:func:`model_groups` builds the model
-    if absent).
+    it there. A method with ``warm_start`` gets its budget later, from
+    :func:`enqueue_warm_start`. ``groups`` are the model's layer groups (:func:`model_groups`
+    builds the model if absent).
 
     Raises:
         ConfigError: an existing study was made from a different search space.
@@ -86,10 +91,83 @@ def create_studies(
                     VERSION_ATTR, {"tether": __version__, "optuna": optuna.__version__}
                 )
             space = spec.methods[method]
-            points = [space.enqueue_params(point, groups=groups) for point in space.enqueue]
-            enqueue_tickets(study, n_trials=spec.n_trials(method), known=points)
+            if space.warm_start is None:
+                points = [space.enqueue_params(point, groups=groups) for point in space.enqueue]
+                enqueue_tickets(study, n_trials=spec.n_trials(method), known=points)
             studies.append(study)
     return studies
+
+
+def enqueue_warm_start(
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    method: str,
+    *,
+    groups: Sequence[str],
+    source_ran_here: bool,
+) -> str | None:
+    """Enqueue the budget of the warm-started ``method`` once its source's trials are done.
+
+    The first ticket holds the radii the source's best trial learned
+    (:func:`~tether.search.warm_start.warm_start_params`), the spec's enqueued points follow.
+    Without a source study, or with no learned radii in it, the budget is enqueued without
+    that point. Under the creation lock, so that of the processes that finish the source at
+    once, one enqueues.
+
+    Args:
+        spec: the spec; ``spec.methods[method].warm_start`` names the source method.
+        storage: the storage holding both studies.
+        method: the warm-started method.
+        groups: the model's pretrained layer groups.
+        source_ran_here: this process has just run the source's tickets, so a WAITING one it
+            left is past ``budget.timeout``, not still to run.
+
+    Returns:
+        A line for the log (what the first trial is, or why the budget waits), or None when
+        the budget was already enqueued.
+    """
+    source = spec.study_name(str(spec.methods[method].warm_start))
+    with creation_lock(storage, spec.name):
+        study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
+        if TICKETS_ATTR in study.user_attrs:
+            return None
+        found = source in study_names(storage)
+        source_study = optuna.load_study(study_name=source, storage=storage) if found else None
+        if source_study is not None:
+            pending = (TrialState.RUNNING,) if source_ran_here else _UNFINISHED
+            if source_study.get_trials(deepcopy=False, states=pending):
+                return (
+                    f"[{study.study_name}] waits for {source}, whose trials are not all done; "
+                    "the process that finishes them enqueues this study's trials"
+                )
+        best = None if source_study is None else best_trial(source_study)
+        first, line = _warm_start_point(spec, method, best, groups=groups)
+        space = spec.methods[method]
+        points = [space.enqueue_params(point, groups=groups) for point in space.enqueue]
+        enqueue_tickets(study, n_trials=spec.n_trials(method), known=[*first, *points])
+    return line
+
+
+_UNFINISHED = (TrialState.WAITING, TrialState.RUNNING)
+
+
+def _warm_start_point(
+    spec: StudySpec, method: str, best: FrozenTrial | None, *, groups: Sequence[str]
+) -> tuple[list[dict[str, Any]], str]:
+    """The first ticket of ``method`` from the source's ``best`` trial (none if it learned
+    nothing), and a line for the log."""
+    space = spec.methods[method]
+    name, source = spec.study_name(method), spec.study_name(str(space.warm_start))
+    learned = None if best is None else Learned.of_trial(best)
+    if best is None or learned is None:
+        return [], f"[{name}] no radii learned in {source} to start from; the sampler starts"
+    relative = space.relative
+    if relative is None:
+        relative = bool(spec.base_recipe()["constraint"]["relative"])
+    start = warm_start_params(space, learned, groups=groups, relative=relative)
+    clipping = start.clipping()
+    line = f"[{name}] first trial: the radii {source} trial {best.number} learned"
+    return [start.params], f"{line}; {clipping}" if clipping else line
 
 
 def _major(version: str) -> str:
@@ -129,7 +207,8 @@ def check_compatible(study: optuna.Study, spec: StudySpec, method: str) -> None:
     stored = study.user_attrs.get(SPEC_ATTR, {})
     old_space = dict(stored.get("methods", {}).get(method) or {})
     new_space = spec.methods[method].to_data(enqueue=False)
-    old_space.pop("enqueue", None)  # starting points may change: they are not the space
+    for start in ("enqueue", "warm_start"):  # starting points may change: not the space
+        old_space.pop(start, None)
     change = _first_difference(
         {"space": old_space, "recipe": stored.get("base_recipe")},
         {"space": new_space, "recipe": spec.base_recipe()},
