@@ -75,6 +75,11 @@ def _with(section: str, **values: object) -> dict[str, object]:
     return recipe
 
 
+def _learned(**values: object) -> dict[str, object]:
+    """The tiny recipe with a learned-radius constraint (no given radii)."""
+    return {**tiny_digits_recipe(), "constraint": {"norm": "mars", **values}}
+
+
 BAD_INPUTS: list[tuple[str, object, list[str], str]] = [
     ("missing recipe", None, [], "does not exist"),
     ("malformed yaml", "model: [unclosed\n", [], "not valid YAML (line"),
@@ -111,6 +116,20 @@ BAD_INPUTS: list[tuple[str, object, list[str], str]] = [
     ),
     ("radius without norm", tiny_digits_recipe(), ["constraint.norm=none"], "constraint.norm"),
     ("noise without kind", _with("data", noise_rate=0.3), [], "data.noise"),
+    ("negative lam", tiny_digits_recipe(optimizer="spd"), ["train.spd_lam=-1"], "spd_lam"),
+    (
+        "proj_freq 0",
+        _learned(learn="tpgm", proj_freq=0),
+        [],
+        "constraint.proj_freq",
+    ),
+    (
+        "held out every image",
+        _learned(learn="tpgm", holdout=0.99),
+        [],
+        "leaves none to train on",
+    ),
+    ("ftp with radii", _with("constraint", learn="ftp"), [], "learned"),
 ]
 
 
