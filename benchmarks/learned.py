@@ -44,7 +44,7 @@ def _setup(
     method adds after it."""
     inputs, labels = batch
     params = list(model.parameters())
-    head = list(model.fc.parameters())
+    head = list(model.get_submodule("fc").parameters())
     groups = layer_groups(model, head="fc")
     after: Callable[[], None] = lambda: None  # noqa: E731
     if method == "adam":
