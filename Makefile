@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-noise lint format clean
+.PHONY: test demo demo-noise equal-compute lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ demo: $(STAMP)
 demo-noise: $(STAMP)
 	rm -f digits-noise.db
 	$(DEMO_ENV) $(BIN)/tether run studies/digits-noise.yaml --storage sqlite:///digits-noise.db --devices cpu --report digits-noise-report.html
+
+# Searched vs learned radii at equal compute (README): needs `make demo`'s demo.db, adds the
+# warm-started MARS-PGM search, then re-tests every best-so-far configuration over 5 seeds.
+equal-compute: $(STAMP)
+	$(DEMO_ENV) $(BIN)/tether run studies/digits-cold.yaml --storage sqlite:///demo.db --devices cpu
+	$(DEMO_ENV) $(BIN)/tether run studies/digits-warm.yaml --storage sqlite:///demo.db --devices cpu
+	$(DEMO_ENV) $(BIN)/python -m benchmarks.equal_compute --storage sqlite:///demo.db --seeds 5
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
