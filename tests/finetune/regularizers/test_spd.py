@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy as copy_module
+
 import pytest
 import torch
 from torch import nn
@@ -95,3 +97,17 @@ def test_the_head_takes_plain_adam_and_zero_anchor_measures_from_zero() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         SPD(nn.Linear(2, 2).parameters(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_loaded_state_keeps_the_scheduler_and_the_adam_step_together() -> None:
+    layer, copy = _pair(3)
+    spd = SPD(layer.parameters(), lr=1e-2, lam=0.5)
+    for t in range(2):
+        spd.zero_grad()
+        _loss(layer, t).backward()
+        spd.step()
+    other = SPD(copy.parameters(), lr=1e-2, lam=0.5)
+    other.load_state_dict(copy_module.deepcopy(spd.state_dict()))
+    torch.optim.lr_scheduler.StepLR(other, step_size=1, gamma=0.1).step()
+    assert other.base.param_groups[0]["lr"] == other.param_groups[0]["lr"]
+    assert other.base.state is other.state

@@ -38,6 +38,7 @@ from tether.errors import ConfigError
 from tether.finetune.regularizers._rowset import EPS
 from tether.finetune.regularizers._rowset import Layout
 from tether.finetune.regularizers._rowset import RowSet
+from tether.finetune.regularizers._wrapped import WrappedOptimizer
 
 
 BaseName = Literal["adam", "sgd"]
@@ -95,7 +96,7 @@ def _base(name: BaseName, params: Any, lr: float, kwargs: dict[str, Any]) -> tor
     raise ConfigError(f"FTP's base optimiser must be adam or sgd, got {name!r}")
 
 
-class FTP(torch.optim.Optimizer):
+class FTP(WrappedOptimizer):
     """A drop-in optimiser that learns one projection radius per constrained tensor.
 
     Args:
@@ -140,10 +141,7 @@ class FTP(torch.optim.Optimizer):
             raise ConfigError(f"FTP's radius_lr must be >= 0, got {radius_lr!r}")
         if not first_radius > 0:
             raise ConfigError(f"FTP's first_radius must be > 0, got {first_radius!r}")
-        self.base = _base(base, params, lr, kwargs)
-        super().__init__(self.base.param_groups, self.base.defaults)
-        self.base.param_groups = self.param_groups  # one list: schedulers act on both
-        self.state = self.base.state
+        super().__init__(_base(base, params, lr, kwargs))
         held = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
         if constrained is None:
             skip = {id(p) for p in exclude}
@@ -188,10 +186,7 @@ class FTP(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One base step, the radius update and the projection."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self.closure_loss(closure)
         if not len(self.rows):
             self.base.step()
             return loss
@@ -233,7 +228,6 @@ class FTP(torch.optim.Optimizer):
         state = dict(state_dict)
         ftp = state.pop("ftp")
         super().load_state_dict(state)
-        self.base.param_groups, self.base.state = self.param_groups, self.state
         self.t = int(ftp["t"])
         self.radius.load_state_dict(ftp)
         self._previous = (ftp["offsets"], ftp["inverse"]) if "offsets" in ftp else None

@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 
 from tether.errors import ConfigError
+from tether.finetune.regularizers._wrapped import WrappedOptimizer
 
 
 Anchor = Literal["pretrained", "zero"]
@@ -43,7 +44,7 @@ def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
     )
 
 
-class SPD(torch.optim.Optimizer):
+class SPD(WrappedOptimizer):
     """Adam with selective projection decay towards the anchor.
 
     Args:
@@ -77,10 +78,7 @@ class SPD(torch.optim.Optimizer):
             raise ConfigError(f"SPD's anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}")
         if kwargs.get("weight_decay", 0):
             raise ConfigError("SPD replaces weight decay: set weight_decay to 0")
-        self.base = torch.optim.Adam(params, lr=lr, **kwargs)
-        super().__init__(self.base.param_groups, self.base.defaults)
-        self.base.param_groups = self.param_groups
-        self.state = self.base.state
+        super().__init__(torch.optim.Adam(params, lr=lr, **kwargs))
         self.lam = lam
         skip = {id(p) for p in exclude}
         self.decayed = [
@@ -97,10 +95,7 @@ class SPD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One Adam step, then the selective decay of the tensors that fight their deviation."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self.closure_loss(closure)
         index = [i for i, p in enumerate(self.decayed) if p.grad is not None]
         params = [self.decayed[i] for i in index]
         if self.lam == 0 or not params:
