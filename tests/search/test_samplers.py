@@ -9,6 +9,8 @@ import pytest
 
 from tether.errors import ConfigError
 from tether.finetune.config import from_dict
+from tether.search.execution.runner import seed_offset
+from tether.search.samplers import SEED_OFFSETS
 from tether.search.samplers import PrunerConfig
 from tether.search.samplers import SamplerConfig
 from tether.search.samplers import list_pruners
@@ -18,6 +20,7 @@ from tether.search.samplers import make_sampler
 from tether.search.samplers import offset_seed
 from tether.search.samplers import register_pruner
 from tether.search.samplers import register_sampler
+from tether.search.samplers import repeat_seed
 
 
 def _first_point(cfg: SamplerConfig, worker: int) -> float:
@@ -87,6 +90,25 @@ def test_offset_seed_policy() -> None:
     assert 0 <= offset_seed(2**32 - 1, 3) < 2**32  # type: ignore[operator]
     with pytest.raises(ValueError, match="offset"):
         offset_seed(1, -1)
+
+
+def test_a_repeat_starts_one_offset_range_further_and_the_first_keeps_the_seed() -> None:
+    assert repeat_seed(42, 0) == 42
+    assert repeat_seed(42, 1) == 42 + SEED_OFFSETS
+    assert repeat_seed(None, 3) is None
+    with pytest.raises(ValueError, match="repeat"):
+        repeat_seed(1, -1)
+
+
+def test_the_workers_of_two_repeats_never_share_a_seed() -> None:
+    """Any joining process's offset (``seed_offset``) keeps it inside its repeat's seeds."""
+    last = SEED_OFFSETS - 1
+    assert 0 <= seed_offset() <= last
+    for repeat in range(3):
+        lowest = offset_seed(repeat_seed(42, repeat), 0)
+        highest = offset_seed(repeat_seed(42, repeat), last)
+        assert highest < repeat_seed(42, repeat + 1)  # type: ignore[operator]
+        assert lowest == repeat_seed(42, repeat)
 
 
 @pytest.mark.parametrize("name", ["tpe", "random"])

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import yaml
 
 from tests.conftest import ROOT
 from tether.errors import ConfigError
 from tether.finetune.recipe import recipe_from_dict
+from tether.search.samplers import SEED_OFFSETS
+from tether.search.samplers import make_sampler
 from tether.search.spec import Choice
 from tether.search.spec import FloatRange
 from tether.search.spec import IntRange
@@ -130,6 +134,73 @@ def test_load_spec_refuses_a_file_with_several_conditions(tmp_path: Path) -> Non
         load_spec(str(path))
     specs = load_specs(str(path), ["conditions.b.set.train.epochs=2"])
     assert [s.base_recipe()["train"]["epochs"] for s in specs][1] == 2
+
+
+def _first_radius(spec: StudySpec) -> float:
+    """The radius the spec's sampler proposes first (the spec's sampler is ``random``)."""
+    study = optuna.create_study(sampler=make_sampler(spec.sampler, offset=0))
+    return study.ask().suggest_float("radius", 0.01, 2.0, log=True)
+
+
+def test_repeats_are_searches_of_their_own_each_with_its_seed() -> None:
+    data = _spec(budget={"n_trials": 2, "repeats": 3}, sampler={"name": "random", "seed": 7})
+    specs = specs_from_dict(data, root=str(ROOT))
+    assert [(s.name, s.repeat, s.family) for s in specs] == [
+        ("t", 0, "t"),
+        ("t~r1", 1, "t"),
+        ("t~r2", 2, "t"),
+    ]
+    assert [s.study_name("l2-sp") for s in specs] == ["t/l2-sp", "t~r1/l2-sp", "t~r2/l2-sp"]
+    assert [s.sampler.seed for s in specs] == [7, 7 + SEED_OFFSETS, 7 + 2 * SEED_OFFSETS]
+    assert len({_first_radius(s) for s in specs}) == 3
+    assert {s.fingerprint("mars-pgm") for s in specs} == {specs[0].fingerprint("mars-pgm")}
+    assert all(s.budget == specs[0].budget for s in specs)  # each its n_trials
+    assert [s.to_dict().get("repeat") for s in specs] == [None, 1, 2]
+
+
+def test_the_first_repeat_is_todays_search() -> None:
+    """Same name, same seed, same first point: one repeat changes nothing and an existing
+    storage's studies are the first repeat's."""
+    today = _load(_spec(sampler={"name": "random", "seed": 7}))
+    first = specs_from_dict(
+        _spec(budget={"n_trials": 2, "repeats": 2}, sampler={"name": "random", "seed": 7}),
+        root=str(ROOT),
+    )[0]
+    assert (first.name, first.repeat, first.sampler) == (today.name, 0, today.sampler)
+    assert first == dataclasses.replace(today, budget=first.budget)
+    assert _first_radius(first) == _first_radius(today)
+    assert today.budget.repeats == 1
+    assert "repeat" not in today.to_dict()
+
+
+def test_repeats_without_a_seed_stay_unseeded() -> None:
+    data = _spec(budget={"n_trials": 2, "repeats": 2})
+    assert [s.sampler.seed for s in specs_from_dict(data, root=str(ROOT))] == [None, None]
+
+
+def test_every_condition_is_repeated_its_repeats_together() -> None:
+    data = _conditions(a={}, b={"set": {"data.noise": "pair", "data.noise_rate": 0.3}})
+    data["budget"] = {"n_trials": 2, "repeats": 2}
+    data["sampler"] = {"seed": 3}
+    specs = specs_from_dict(data, root=str(ROOT))
+    assert [(s.name, s.condition, s.repeat, s.sampler.seed) for s in specs] == [
+        ("t.a", "a", 0, 3),
+        ("t.a~r1", "a", 1, 3 + SEED_OFFSETS),
+        ("t.b", "b", 0, 3),
+        ("t.b~r1", "b", 1, 3 + SEED_OFFSETS),
+    ]
+    assert {s.family for s in specs} == {"t"}
+    assert specs[3].study_name("mars-pgm") == "t.b~r1/mars-pgm"
+    assert specs[3].base_recipe()["data"]["noise_rate"] == 0.3
+    assert specs[3].to_dict()["condition"] == "b"
+
+
+def test_load_spec_refuses_a_file_with_several_repeats(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_spec()))
+    with pytest.raises(ConfigError, match=r"several repeats \(budget.repeats: 2\)"):
+        load_spec(str(path), ["budget.repeats=2"])
+    assert [s.name for s in load_specs(str(path), ["budget.repeats=2"])] == ["t", "t~r1"]
 
 
 BAD_CONDITIONS = [
@@ -443,6 +514,10 @@ BAD: list[tuple[str, dict[str, Any], list[str]]] = [
     ("timeout 0", _spec(budget={"timeout": 0}), ["budget.timeout", "0"]),
     ("trial timeout < 0", _spec(budget={"trial_timeout": -5}), ["budget.trial_timeout", "-5"]),
     ("budget typo", _spec(budget={"trials": 3}), ["budget.trials", "n_trials"]),
+    ("repeats 0", _spec(budget={"repeats": 0}), ["budget.repeats must be >= 1", "0"]),
+    ("repeats text", _spec(budget={"repeats": "two"}), ["budget.repeats", "integer", "'two'"]),
+    ("repeats fraction", _spec(budget={"repeats": 1.5}), ["budget.repeats", "integer", "1.5"]),
+    ("repeats true", _spec(budget={"repeats": True}), ["budget.repeats", "integer", "True"]),
     ("n_seeds 0", _spec(evaluation={"n_seeds": 0}), ["evaluation.n_seeds", "0"]),
     ("bad sampler", _spec(sampler={"name": "bayes"}), ["sampler.name", "'bayes'", "tpe"]),
     ("bad pruner", _spec(pruner={"name": "asha"}), ["pruner.name", "'asha'", "median"]),

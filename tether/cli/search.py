@@ -65,13 +65,16 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
     recipes = [recipe_from_dict(spec.base_recipe()) for spec in specs]
     for recipe in recipes:
         check_model(recipe.model)
-    groups = {spec.name: model_groups(spec) for spec in specs}
+    groups: dict[str | None, list[str]] = {}  # by condition: its repeats share the recipe
+    for spec in specs:
+        if spec.condition not in groups:
+            groups[spec.condition] = model_groups(spec)
     if create:
         _preflight(recipes)
     storage = open_storage(resolve_url(args.storage), create=create)
     if create:  # every condition first, so that workers elsewhere can join any of them
         for spec in specs:
-            create_studies(spec, storage, methods=methods, groups=groups[spec.name])
+            create_studies(spec, storage, methods=methods, groups=groups[spec.condition])
     else:
         require_studies(specs, storage, methods)
     storage_line(args)
@@ -81,7 +84,9 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
         return EXIT_OK
     cache_dir = None if args.cache_dir is None else Path(args.cache_dir)
     with Launcher(mode=args.launcher) as launcher:
-        for spec in specs:
+        # repeat-major: every condition's first search (the one without repeats) before any
+        # repeat, so that a run stopped early has compared every condition once
+        for spec in sorted(specs, key=lambda s: s.repeat):
             search = Search(
                 spec,
                 storage=storage,
@@ -91,7 +96,7 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
                 cache_dir=cache_dir,
                 methods=methods,
                 seed_offset=0 if create else seed_offset(),
-                groups=groups[spec.name],
+                groups=groups[spec.condition],
             )
             print(
                 f"[{spec.name}] searching {', '.join(s.method for s in search.states)} on "
@@ -137,7 +142,9 @@ class RunCommand(Command):
     budget enqueued once, trials run as worker processes on the device slots; then each
     method's best configuration is re-run for the spec's seeds on the test split, and the
     comparison table and an HTML report are written. Other processes or machines can join
-    with `tether worker` on the same storage.
+    with `tether worker` on the same storage. With budget.repeats: R, all of it R times over,
+    each repeat its own studies (<spec>~r<r>/<method>) and sampler seed, every condition's
+    first search before any repeat.
     """
 
     name = "run"

@@ -5,8 +5,11 @@ Strings become Optuna objects here and nowhere else. A new sampler or pruner is 
 
 Seed policy: with ``seed: null`` every process draws its own random seed; with ``seed: S`` a
 process with seed offset ``w`` uses ``S + w`` (``tether run``: 0, each ``tether worker``: its
-own), so parallel processes never share a seed and never propose the same first points (Optuna's
-samplers page: "use either seed=None or different seed values among processes"; optuna#4714).
+own, below :data:`SEED_OFFSETS`), so parallel processes never share a seed and never propose the
+same first points (Optuna's samplers page: "use either seed=None or different seed values among
+processes"; optuna#4714). Repeat ``r`` of a search (``budget.repeats``) starts from
+``S + r * SEED_OFFSETS`` (:func:`repeat_seed`), so its processes' seeds never meet another
+repeat's either.
 Optuna does not store samplers or pruners in its storage, so every worker rebuilds them from the
 same spec.
 
@@ -30,6 +33,8 @@ from tether.registry import Registry
 
 
 SEED_MODULUS = 2**32
+SEED_OFFSETS = 100_000
+"""A process's seed offset is below this; the repeats of a search are this far apart."""
 
 
 @dataclass(frozen=True)
@@ -154,6 +159,23 @@ def offset_seed(seed: int | None, offset: int) -> int | None:
     if offset < 0:
         raise ValueError(f"offset must be >= 0, got {offset!r}")
     return None if seed is None else (seed + offset) % SEED_MODULUS
+
+
+def repeat_seed(seed: int | None, repeat: int) -> int | None:
+    """The base sampler seed of repeat ``repeat`` of a search whose spec has ``seed``:
+    ``seed + repeat * SEED_OFFSETS`` (repeat 0 keeps ``seed``; ``None`` stays ``None``).
+
+    Repeats are independent searches, so they must not share a seed; and a process joining
+    repeat ``r`` adds its offset (< :data:`SEED_OFFSETS`), which keeps it inside repeat
+    ``r``'s own range of seeds.
+
+    Example:
+        >>> repeat_seed(7, 0), repeat_seed(7, 2), repeat_seed(None, 2)
+        (7, 200007, None)
+    """
+    if repeat < 0:
+        raise ValueError(f"repeat must be >= 0, got {repeat!r}")
+    return offset_seed(seed, repeat * SEED_OFFSETS)
 
 
 def make_sampler(cfg: SamplerConfig, *, offset: int) -> optuna.samplers.BaseSampler:

@@ -477,3 +477,16 @@ def _check_point(space: MethodSpace, point: Mapping[str, Any], where: str) -> No
             )
         if not param.contains(value):
             raise ConfigError(f"{where}.{name} is {value!r}; allowed: {param.describe()}")
+
+
+def format_params(params: Mapping[str, Any]) -> str:
+    """A trial's parameters on one line, floats to 4 significant digits (logs and tables).
+
+    Example:
+        >>> format_params({"radius": 0.123456, "norm": "mars", "proj_freq": 2})
+        'radius=0.1235, norm=mars, proj_freq=2'
+    """
+    return ", ".join(
+        f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in params.items()
+    )

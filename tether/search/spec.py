@@ -9,7 +9,7 @@ points to try first, the budget per method, the sampler and pruner, and the fina
       noise20: {set: {data.noise_rate: 0.2}}   # its own spec "digits.noise20"
     recipe: ../configs/digits.yaml
     set: {train.epochs: 60}             # dotted or nested keys, merged into the recipe
-    budget: {n_trials: 12, timeout: null, trial_timeout: 600}
+    budget: {n_trials: 12, timeout: null, trial_timeout: 600, repeats: 1}
     sampler: {name: tpe, seed: null}
     pruner: {name: median, n_startup_trials: 4, n_warmup_steps: 10}
     methods:
@@ -24,6 +24,11 @@ points to try first, the budget per method, the sampler and pruner, and the fina
       ftp: {k: {low: 0.1, high: 1.0, log: false}}
       wise-ft: {}                       # or any method with wise: true
     evaluation: {n_seeds: 5, refit: false}
+
+``budget.repeats: R`` runs every search (every method of every condition) R times, each
+repeat with its own studies and sampler seed: which configuration wins a few trials is itself
+random, and only independent searches measure that part of the variance, which the evaluation
+seeds do not (:func:`repeats_of`; ``tether compare`` reports across them).
 
 A parameter is a range ``{low, high, log}`` (``log`` defaults to true; the integer parameters,
 epochs, default to false) or a list of choices.
@@ -62,6 +67,7 @@ from tether.search.methods import GROUP_PREFIX
 from tether.search.methods import get_method
 from tether.search.samplers import PrunerConfig
 from tether.search.samplers import SamplerConfig
+from tether.search.samplers import repeat_seed
 from tether.search.space import Choice
 from tether.search.space import FloatRange
 from tether.search.space import IntRange
@@ -81,6 +87,7 @@ __all__ = [
     "StudySpec",
     "load_spec",
     "load_specs",
+    "repeats_of",
     "spec_from_dict",
 ]
 
@@ -89,15 +96,20 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 @dataclass(frozen=True)
 class Budget:
-    """``budget:``, per method: trials, seconds for the whole search, seconds per trial."""
+    """``budget:``, per method: trials, seconds for the whole search, seconds per trial, and
+    how many independent searches (``repeats``) of that size to run (see :func:`repeats_of`).
+    """
 
     n_trials: int = 20
     timeout: float | None = None
     trial_timeout: float | None = None
+    repeats: int = 1
 
     def __post_init__(self) -> None:
-        if self.n_trials < 1:
-            raise ConfigError(f"budget.n_trials must be >= 1, got {self.n_trials!r}")
+        for key in ("n_trials", "repeats"):
+            value = getattr(self, key)
+            if value < 1:
+                raise ConfigError(f"budget.{key} must be >= 1, got {value!r}")
         for key in ("timeout", "trial_timeout"):
             value = getattr(self, key)
             if value is not None and not value > 0:
@@ -124,13 +136,16 @@ class StudySpec:
     """A validated study spec; build it with :func:`load_specs` or :func:`spec_from_dict`.
 
     ``condition`` names the variant of a spec with ``conditions:`` (``name`` is then
-    ``<spec>.<condition>``).
+    ``<spec>.<condition>``); ``repeat`` numbers the independent searches of a spec with
+    ``budget.repeats`` > 1 (``name`` then ends in ``~r<repeat>`` from repeat 1 on; repeat 0
+    keeps the name, see :func:`repeats_of`).
     """
 
     name: str
     recipe: str
     methods: dict[str, MethodSpace]
     condition: str | None = None
+    repeat: int = 0
     set: dict[str, Any] = field(default_factory=dict)
     budget: Budget = field(default_factory=Budget)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -140,8 +155,9 @@ class StudySpec:
 
     @property
     def family(self) -> str:
-        """The spec file's name: ``name`` without the condition."""
-        return self.name.removesuffix(f".{self.condition}") if self.condition else self.name
+        """The spec file's name: ``name`` without the condition and the repeat."""
+        name = self.name.removesuffix(repeat_suffix(self.repeat))
+        return name.removesuffix(f".{self.condition}") if self.condition else name
 
     def study_name(self, method: str) -> str:
         """The Optuna study of ``method``: ``"<name>/<method>"``."""
@@ -159,12 +175,15 @@ class StudySpec:
     def to_dict(self) -> dict[str, Any]:
         """The spec as JSON-safe data, with the resolved base recipe (stored on each study).
 
-        A condition's spec adds ``condition``: its name.
+        A condition's spec adds ``condition``: its name; a repeat after the first adds
+        ``repeat``: its number (its ``sampler.seed`` is the one it searched with).
         """
         condition = {} if self.condition is None else {"condition": self.condition}
+        repeat = {"repeat": self.repeat} if self.repeat else {}
         return {
             "name": self.name,
             **condition,
+            **repeat,
             "recipe": self.recipe,
             "set": json_safe(self.set),
             "budget": to_dict(self.budget),
@@ -227,24 +246,74 @@ def load_specs(path: str, overrides: Sequence[str] = ()) -> list[StudySpec]:
 
 
 def load_spec(path: str, overrides: Sequence[str] = ()) -> StudySpec:
-    """Read and validate a study spec file that has no ``conditions:`` (see :func:`load_specs`)."""
+    """Read and validate a study spec file that has no ``conditions:`` and one repeat (see
+    :func:`load_specs`)."""
     specs = load_specs(path, overrides)
-    if len(specs) > 1:
-        names = ", ".join(s.condition or "" for s in specs)
+    if len(specs) == 1:
+        return specs[0]
+    if specs[0].condition is not None:
+        names = ", ".join(dict.fromkeys(s.condition or "" for s in specs))
         raise ConfigError(f"study spec {path} has several conditions ({names}); load them all")
-    return specs[0]
+    raise ConfigError(
+        f"study spec {path} has several repeats (budget.repeats: {len(specs)}); load them all"
+    )
 
 
 def specs_from_dict(
     data: Mapping[str, Any], *, root: str = ".", default_name: str = ""
 ) -> list[StudySpec]:
-    """Validate a spec mapping, expanding its ``conditions:`` into one spec each.
+    """Validate a spec mapping, expanding its ``conditions:`` into one spec each, and each of
+    those into its ``budget.repeats`` (:func:`repeats_of`), a condition's repeats together.
 
     A condition is a variant of the whole search, e.g. a label-noise rate: its ``set`` is
     merged into the spec's ``set`` and its ``methods`` into the spec's ``methods`` (to enqueue
     the points published for that condition, say). Condition ``c`` of spec ``s`` is the spec
     ``s.c``, whose studies are ``s.c/<method>``.
     """
+    specs = _condition_specs(data, root, default_name)
+    return [repeat for spec in specs for repeat in repeats_of(spec)]
+
+
+def repeat_suffix(repeat: int) -> str:
+    """What repeat ``repeat`` adds to a spec's name: nothing for the first, else ``~r<repeat>``.
+
+    A name a spec or a condition can have holds no ``~``, so no repeat's studies can take
+    another spec's names.
+
+    Example:
+        >>> repeat_suffix(0), repeat_suffix(2)
+        ('', '~r2')
+    """
+    return f"~r{repeat}" if repeat else ""
+
+
+def repeats_of(spec: StudySpec) -> list[StudySpec]:
+    """The ``budget.repeats`` independent searches of ``spec``: repeat ``r`` is ``spec`` named
+    ``<name>~r<r>`` (repeat 0: ``spec`` itself, so one repeat changes nothing), whose sampler
+    starts from :func:`~tether.search.samplers.repeat_seed` ``(seed, r)``.
+
+    Why: with a budget of a few trials, which configuration wins depends on the sampler's
+    draws, so a method's test accuracy varies from one search to the next as well as from one
+    evaluation seed to the next. The seeds' spread is measured by the evaluation; the
+    searches' spread only by searching again, with the same budget and another seed. Each
+    repeat has its own studies (``<name>~r<r>/<method>``), its own evaluation and its own row
+    in ``tether compare``, which also reports across them.
+    """
+    return [
+        dataclasses.replace(
+            spec,
+            name=f"{spec.name}{repeat_suffix(r)}",
+            repeat=r,
+            sampler=dataclasses.replace(spec.sampler, seed=repeat_seed(spec.sampler.seed, r)),
+        )
+        if r
+        else spec
+        for r in range(spec.budget.repeats)
+    ]
+
+
+def _condition_specs(data: Mapping[str, Any], root: str, default_name: str) -> list[StudySpec]:
+    """One spec per condition of ``data`` (one spec without ``conditions:``), unrepeated."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"a study spec must be a mapping of keys, got {data!r}")
     conditions = data.get("conditions")
@@ -293,7 +362,10 @@ def specs_from_dict(
 def spec_from_dict(
     data: Mapping[str, Any], *, root: str = ".", default_name: str = ""
 ) -> StudySpec:
-    """Validate a spec mapping; ``recipe`` is read relative to the folder ``root``."""
+    """Validate a spec mapping; ``recipe`` is read relative to the folder ``root``.
+
+    The spec of its first repeat only; :func:`specs_from_dict` expands conditions and repeats.
+    """
     if not isinstance(data, Mapping):
         raise ConfigError(f"a study spec must be a mapping of keys, got {data!r}")
     unknown = [k for k in data if k not in SPEC_KEYS]

@@ -38,8 +38,10 @@ from tether.search.execution.studies import load_studies
 from tether.search.execution.studies import model_groups
 from tether.search.execution.tickets import Dispatcher
 from tether.search.execution.trials import run_claimed
+from tether.search.samplers import SEED_OFFSETS
 from tether.search.samplers import make_pruner
 from tether.search.samplers import make_sampler
+from tether.search.space import format_params
 from tether.search.storage import hold_single_process
 from tether.search.storage import storage_of
 
@@ -50,8 +52,9 @@ if TYPE_CHECKING:
 
 def seed_offset() -> int:
     """A number that differs between processes and hosts: the sampler seeds of the processes
-    that join a search (``tether worker``) are spread by it, so no two share a seed."""
-    return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % 100_000
+    that join a search (``tether worker``) are spread by it, so no two share a seed. Below
+    :data:`~tether.search.samplers.SEED_OFFSETS`, the distance between repeats' seeds."""
+    return zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode()) % SEED_OFFSETS
 
 
 class TicketRunner:
@@ -250,9 +253,9 @@ class TicketRunner:
         )
         with self._lock:
             self.done += 1
-            params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
             print(
-                f"[{study.study_name}] trial {trial.number}: {outcome}  ({params})  "
+                f"[{study.study_name}] trial {trial.number}: {outcome}  "
+                f"({format_params(trial.params)})  "
                 f"{time.monotonic() - started:.1f}s on {slot.name}",
                 file=sys.stderr,
                 flush=True,
@@ -379,7 +382,3 @@ class Search(TicketRunner):
         recipe = deep_merge(self.spec.base_recipe(), patch)
         recipe["train"]["test"] = False
         return recipe
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
