@@ -186,6 +186,67 @@ def test_conditions_search_each_noise_rate_and_compare_the_recovered_labels(
     assert "n20" not in text.stdout
 
 
+def test_repeated_searches_have_their_own_studies_and_a_row_across_them(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two searches of the tiny spec (one epoch, two trials, two seeds): the first keeps
+    today's study names and seed, the second samples from its own; compare adds the row of
+    each method across the two."""
+    from tether.cli import main
+    from tether.search.results.compare import ACROSS_TITLE
+    from tether.search.samplers import SEED_OFFSETS
+
+    data = tiny_digits_spec(
+        "twice",
+        recipe=str(ROOT / "configs" / "digits.yaml"),
+        set={"train.batch_size": 25},
+        budget={"n_trials": 2, "repeats": 2},
+        sampler={"name": "random", "seed": 0},
+        evaluation={"n_seeds": 2},
+    )
+    spec = write_spec(tmp_path, data)
+    url = f"sqlite:///{tmp_path}/twice.db"
+    env = _env(cache_dir)
+    done = _tether("run", str(spec), "--storage", url, "--devices", "cpu", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert ACROSS_TITLE in done.stdout
+    assert (tmp_path / "twice-report.html").is_file()
+    storage = open_storage(url)
+    names = {"twice/standard", "twice/mars-pgm", "twice~r1/standard", "twice~r1/mars-pgm"}
+    assert {s.study_name for s in optuna.get_all_study_summaries(storage)} == names
+    first, second = (
+        optuna.load_study(study_name=f"{name}/mars-pgm", storage=storage)
+        for name in ("twice", "twice~r1")
+    )
+    assert [s.user_attrs["tether:spec"]["sampler"]["seed"] for s in (first, second)] == [
+        0,
+        SEED_OFFSETS,
+    ]
+    assert first.trials[0].params == second.trials[0].params  # the enqueued point
+    assert first.trials[1].params != second.trials[1].params  # each its own sampler's
+    evaluated = [s.user_attrs["tether:evaluation"] for s in (first, second)]
+    assert [len(e["test_accuracy"]) for e in evaluated] == [2, 2]
+    assert main(["compare", str(spec), "--storage", url, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["repeat"], r["method"]) for r in rows] == [
+        (0, "standard"),
+        (0, "mars-pgm"),
+        (1, "standard"),
+        (1, "mars-pgm"),
+        (None, "standard"),
+        (None, "mars-pgm"),
+    ]
+    mars = rows[-1]
+    assert (mars["searches"], mars["seeds"], mars["complete"]) == (2, 4, 4)
+    means = [r["test_mean"] for r in rows[:4] if r["method"] == "mars-pgm"]
+    assert mars["test_mean"] == pytest.approx(sum(means) / 2)
+    for row, study, evaluation in zip(rows[1:4:2], (first, second), evaluated, strict=True):
+        assert row["best_trial"] == evaluation["best_trial"]
+        assert row["best_params"] == study.trials[evaluation["best_trial"]].params
+    assert main(["status", str(spec), "--storage", url]) == 0
+    assert "twice~r1/mars-pgm" in capsys.readouterr().out
+
+
 def _clip(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 

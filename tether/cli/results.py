@@ -63,7 +63,12 @@ class CompareCommand(Command):
 
     Per method (and condition): its trials, the configuration it reports, the test accuracy
     over the evaluation seeds (mean +- std and the interval of the mean), the difference to
-    the baseline paired by seed, and the search and evaluation hours.
+    the baseline paired by seed, and the search and evaluation hours. A spec with
+    budget.repeats > 1 has these rows for every repeat of the search, with the configuration
+    each chose, then one row per method across the searches: the searches' test means, their
+    interval, and the difference to the baseline paired by repeat. The seeds' interval is
+    how sure one search's winner is; the searches' is how much the winner depends on the
+    search.
     """
 
     name = "compare"

@@ -97,6 +97,24 @@ def test_with_conditions_each_method_has_a_point_per_condition(
     assert page.count("<table>") == 1
 
 
+def test_with_repeats_each_search_has_its_section_and_point_and_the_table_its_summary(
+    storage: optuna.storages.BaseStorage, tmp_path: Path
+) -> None:
+    specs = make_specs(conditions=NOISY, budget={"repeats": 2})
+    for spec in specs:
+        _search(storage, spec)
+    figure = cost_quality_figure(collect(specs, storage), method_colours(specs))
+    assert [(t.name, tuple(t.text)) for t in figure.data] == [
+        ("standard", ("n20", "n20 r1", "n40", "n40 r1")),
+        ("mars-pgm", ("n20", "n20 r1", "n40", "n40 r1")),
+    ]
+    page = write_report(specs, storage, tmp_path / "report.html").read_text()
+    assert page.count("<h2>") == 5  # all, then t.n20, t.n20~r1, t.n40, t.n40~r1
+    assert "<h2>t.n40~r1</h2>" in page
+    assert page.count("<table>") == 2  # each search's rows, then across the searches
+    assert "mean +- std over searches" in page
+
+
 def test_every_method_has_its_own_colour_whatever_the_condition() -> None:
     specs = make_specs(conditions=NOISY)
     colours = method_colours(specs)

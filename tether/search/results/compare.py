@@ -13,6 +13,15 @@ methods scored cancels what the seed alone explains, and its interval
 the baseline. A spec with ``conditions:`` (label-noise rates, say) gives one row per condition
 and method, paired within its condition, and where self label-correction ran, the share of the
 corrupted training labels it put right (mean over the evaluation seeds).
+
+The seeds' interval says how sure the test accuracy of one search's winner is, not how much
+the winner depends on the search: with a budget of a few trials, another sampler seed picks
+another configuration. A spec with ``budget.repeats`` > 1 searched each method several times
+(:func:`~tether.search.spec.repeats_of`); each repeat gets its rows, paired within the
+repeat, with the configuration it chose, and :func:`across_searches` adds one row per
+condition and method over the repeats: each repeat's test mean is one value, the interval is
+over repeats, and the difference to the baseline pairs repeat ``r`` of the method with repeat
+``r`` of the baseline.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from optuna.trial import TrialState
 from tether.search.execution.studies import best_trial
 from tether.search.execution.studies import find_studies
 from tether.search.results.evaluate import EVALUATION_ATTR
+from tether.search.space import format_params
 from tether.search.spec import StudySpec
 
 
@@ -47,7 +57,15 @@ class Row:
     Accuracies are fractions; ``test_ci_*`` bound the 95 % interval of ``test_mean`` and
     ``diff_*`` are the paired difference (this method minus ``baseline``) and its interval,
     None where fewer than two seeds (one, for ``diff_mean``) give them. ``device`` lists the
-    search's devices, ``eval_device`` the evaluation's.
+    search's devices, ``eval_device`` the evaluation's. ``repeat`` is the search's number
+    (0 without ``budget.repeats``).
+
+    A row across searches (:func:`across_searches`) has ``repeat`` None and the same fields
+    over the repeats instead of the seeds: ``searches`` repeats with a test mean are its
+    values (a row of one search has ``searches`` 1), ``test_mean``, ``test_std`` and
+    ``test_ci_*`` are their mean, standard deviation and interval, ``diff_*`` pair them by
+    repeat; trials, ``seeds`` and seconds are totals, ``best_val`` and ``recovered`` means,
+    ``best_trial`` None and ``best_params`` empty (each repeat's row has its own).
     """
 
     condition: str | None
@@ -72,6 +90,8 @@ class Row:
     device: str
     eval_device: str | None
     best_params: dict[str, object]
+    repeat: int | None = 0
+    searches: int = 1
 
     @property
     def hours(self) -> float:
@@ -116,7 +136,8 @@ def seed_scores(evaluation: Mapping[str, Any]) -> dict[int, float]:
 
 
 def paired_differences(scores: Mapping[int, float], reference: Mapping[int, float]) -> list[float]:
-    """``scores[s] - reference[s]`` for each seed ``s`` both have, in seed order.
+    """``scores[s] - reference[s]`` for each seed ``s`` both have, in seed order (or each
+    repeat, for the means of searches).
 
     Example:
         >>> [round(d, 2) for d in paired_differences({0: 0.9, 1: 0.8, 2: 0.7}, {1: 0.7, 2: 0.8})]
@@ -176,6 +197,7 @@ def _row(
         device="/".join(sorted(devices)) or "-",
         eval_device=evaluation.get("device"),
         best_params={} if chosen is None else dict(chosen.params),
+        repeat=spec.repeat,
     )
 
 
@@ -207,6 +229,80 @@ def collect(
     return rows
 
 
+def across_searches(rows: Sequence[Row]) -> list[Row]:
+    """One row per condition and method over its repeated searches (see :class:`Row`), where
+    ``rows`` (as :func:`collect` gives them) hold more than one search; else none.
+
+    A search's value is its row's test mean over the evaluation seeds. Every repeat is
+    evaluated on the same seeds, so what spreads these values is the configuration each
+    search chose. The difference to the baseline is ``d_r = mean_r(method) -
+    mean_r(baseline)`` over the repeats ``r`` both have a mean for, with the t interval of
+    its mean over those repeats.
+    """
+    if not any(r.repeat for r in rows):
+        return []
+    groups: dict[tuple[str | None, str], list[Row]] = {}
+    for row in rows:
+        if row.repeat is not None:
+            groups.setdefault((row.condition, row.method), []).append(row)
+    across = []
+    for (condition, method), group in groups.items():
+        baseline = group[0].baseline
+        reference = groups.get((condition, baseline), []) if baseline is not None else []
+        across.append(_across(group, {} if method == baseline else _search_means(reference)))
+    return across
+
+
+def _search_means(rows: Sequence[Row]) -> dict[int, float]:
+    """Each repeat's test mean over its seeds, the repeats without one left out."""
+    return {
+        r.repeat: r.test_mean for r in rows if r.repeat is not None and r.test_mean is not None
+    }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.mean(values) if values else None
+
+
+def _across(group: Sequence[Row], reference: Mapping[int, float]) -> Row:
+    """The row over the searches ``group`` of one method; ``reference`` holds the baseline's
+    search means ({}: none)."""
+    means = _search_means(group)
+    values = list(means.values())
+    differences = paired_differences(means, reference)
+    test_low, test_high = _bounds(t_interval(values))
+    diff_low, diff_high = _bounds(t_interval(differences))
+    searched = {d for r in group if r.device != "-" for d in r.device.split("/")}
+    evaluated = {r.eval_device for r in group if r.eval_device is not None}
+    first = group[0]
+    return Row(
+        condition=first.condition,
+        method=first.method,
+        complete=sum(r.complete for r in group),
+        pruned=sum(r.pruned for r in group),
+        failed=sum(r.failed for r in group),
+        best_trial=None,
+        best_val=_mean([r.best_val for r in group if r.best_val is not None]),
+        test_mean=_mean(values),
+        test_std=statistics.stdev(values) if len(values) > 1 else 0.0 if values else None,
+        test_ci_low=test_low,
+        test_ci_high=test_high,
+        seeds=sum(r.seeds for r in group),
+        baseline=first.baseline,
+        diff_mean=_mean(differences),
+        diff_ci_low=diff_low,
+        diff_ci_high=diff_high,
+        recovered=_mean([r.recovered for r in group if r.recovered is not None]),
+        search_seconds=sum(r.search_seconds for r in group),
+        eval_seconds=sum(r.eval_seconds for r in group),
+        device="/".join(sorted(searched)) or "-",
+        eval_device="/".join(sorted(evaluated)) or None,
+        best_params={},
+        repeat=None,
+        searches=len(values),
+    )
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
@@ -219,10 +315,12 @@ def _interval(low: float | None, high: float | None, *, sign: str = "") -> str:
 
 
 def _test(row: Row) -> str:
+    """Mean +- std [interval] (n=): over the seeds, or for a row across searches the searches."""
     if row.test_mean is None:
         return "-"
     spread = f"{100 * row.test_mean:.1f} +- {100 * (row.test_std or 0.0):.1f}"
-    return f"{spread}{_interval(row.test_ci_low, row.test_ci_high)} (n={row.seeds})"
+    n = row.seeds if row.repeat is not None else row.searches
+    return f"{spread}{_interval(row.test_ci_low, row.test_ci_high)} (n={n})"
 
 
 def _difference(row: Row) -> str:
@@ -239,65 +337,130 @@ def _devices(row: Row) -> str:
     return "/".join(sorted(searched | evaluated)) or "-"
 
 
-def _columns(rows: Sequence[Row]) -> list[tuple[str, Callable[[Row], str]]]:
+Column = tuple[str, Callable[[Row], str]]
+
+
+def _columns(rows: Sequence[Row]) -> list[Column]:
     """The table's columns: ``condition``, the paired difference and ``recovered`` only where
-    some row has one; the rows of one :func:`collect` share their baseline."""
-    columns: list[tuple[str, Callable[[Row], str]]] = []
-    if any(r.condition for r in rows):
-        columns.append(("condition", lambda r: r.condition or "-"))
+    some row has one, ``repeat`` and ``configuration`` only where the searches were repeated;
+    the rows of one :func:`collect` share their baseline."""
+    repeated = any(r.repeat for r in rows)
+    columns = _condition(rows)
+    if repeated:
+        columns.append(("repeat", lambda r: str(r.repeat)))
     columns += [
         ("method", lambda r: r.method),
         ("best trial", lambda r: "-" if r.best_trial is None else str(r.best_trial)),
         ("trials (ok/pruned/failed)", lambda r: f"{r.complete}/{r.pruned}/{r.failed}"),
         ("best val %", lambda r: _pct(r.best_val)),
         ("test % mean +- std [95% CI]", _test),
+        *_paired(rows, "paired"),
+        *_costs(rows),
     ]
+    if repeated:
+        columns.append(("configuration", lambda r: format_params(r.best_params) or "-"))
+    return columns
+
+
+def _across_columns(rows: Sequence[Row]) -> list[Column]:
+    """The columns of the rows across searches (:func:`across_searches`)."""
+    return [
+        *_condition(rows),
+        ("method", lambda r: r.method),
+        ("searches", lambda r: str(r.searches)),
+        ("trials (ok/pruned/failed)", lambda r: f"{r.complete}/{r.pruned}/{r.failed}"),
+        ("best val % (mean)", lambda r: _pct(r.best_val)),
+        ("test % mean +- std [95% CI] over searches", _test),
+        *_paired(rows, "paired by repeat"),
+        *_costs(rows),
+    ]
+
+
+def _condition(rows: Sequence[Row]) -> list[Column]:
+    return [("condition", lambda r: r.condition or "-")] if any(r.condition for r in rows) else []
+
+
+def _paired(rows: Sequence[Row], how: str) -> list[Column]:
     baseline = next((r.baseline for r in rows if r.baseline is not None), None)
-    if baseline is not None:
-        columns.append((f"vs {baseline} (paired, 95% CI)", _difference))
+    return [] if baseline is None else [(f"vs {baseline} ({how}, 95% CI)", _difference)]
+
+
+def _costs(rows: Sequence[Row]) -> list[Column]:
+    """``recovered`` (where some row has it), the hours and the devices."""
+    columns: list[Column] = []
     if any(r.recovered is not None for r in rows):
         columns.append(("noisy labels recovered %", lambda r: _pct(r.recovered)))
-    columns += [
+    return [
+        *columns,
         ("search h", lambda r: f"{r.search_seconds / 3600:.3f}"),
         ("eval h", lambda r: f"{r.eval_seconds / 3600:.3f}"),
         ("device", _devices),
     ]
-    return columns
 
 
-def _table(rows: Sequence[Row]) -> list[tuple[str, ...]]:
-    columns = _columns(rows)
+ACROSS_TITLE = (
+    "Across searches: one value per search, its test mean over the seeds; the interval is "
+    "over searches, and the difference pairs each repeat with the baseline's."
+)
+
+
+Table = list[tuple[str, ...]]
+"""A header and the lines of cells under it."""
+
+
+def _tables(rows: Sequence[Row]) -> list[tuple[str | None, Table]]:
+    """The tables of :func:`collect`'s ``rows``: the searches', then (with repeats, under
+    :data:`ACROSS_TITLE`) the one across them."""
+    tables: list[tuple[str | None, Table]] = [(None, _cells(rows, _columns(rows)))]
+    across = across_searches(rows)
+    if across:
+        tables.append((ACROSS_TITLE, _cells(across, _across_columns(across))))
+    return tables
+
+
+def _cells(rows: Sequence[Row], columns: Sequence[Column]) -> Table:
     header = tuple(name for name, _ in columns)
     return [header, *(tuple(cell(r) for _, cell in columns) for r in rows)]
 
 
 def as_text(rows: Sequence[Row]) -> str:
-    """The table in aligned columns, for a terminal."""
-    table = _table(rows)
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table
-    )
+    """The table in aligned columns, for a terminal (with repeats, and the one across them)."""
+    blocks = []
+    for title, table in _tables(rows):
+        widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in table
+        ]
+        blocks.append("\n".join(lines if title is None else [title, *lines]))
+    return "\n\n".join(blocks)
 
 
 def as_markdown(rows: Sequence[Row]) -> str:
-    """The table as markdown, for a README or a paper draft."""
-    header, *body = _table(rows)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(line) + " |" for line in body]
-    return "\n".join(lines)
+    """The table as markdown, for a README or a paper draft (with repeats, two tables)."""
+    blocks = []
+    for title, (header, *body) in _tables(rows):
+        lines = [] if title is None else [title, ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(line) + " |" for line in body]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def as_html(rows: Sequence[Row]) -> str:
-    """The table as an HTML ``<table>``, for the report."""
-    header, *body = _table(rows)
+    """The table as an HTML ``<table>``, for the report (with repeats, two tables)."""
 
     def cells(tag: str, line: Sequence[str]) -> str:
         return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in line) + "</tr>"
 
-    lines = ["<table>", f"<thead>{cells('th', header)}</thead>", "<tbody>"]
-    lines += [cells("td", line) for line in body]
-    return "\n".join([*lines, "</tbody>", "</table>"])
+    lines = []
+    for title, (header, *body) in _tables(rows):
+        if title is not None:
+            lines.append(f"<p>{html.escape(title)}</p>")
+        lines += ["<table>", f"<thead>{cells('th', header)}</thead>", "<tbody>"]
+        lines += [cells("td", line) for line in body]
+        lines += ["</tbody>", "</table>"]
+    return "\n".join(lines)
 
 
 def as_record(row: Row) -> dict[str, Any]:
@@ -306,18 +469,20 @@ def as_record(row: Row) -> dict[str, Any]:
 
 
 def as_csv(rows: Sequence[Row]) -> str:
-    """One line per row, every field of :data:`RECORD_FIELDS`; ``best_params`` as JSON."""
+    """One line per row, every field of :data:`RECORD_FIELDS`; ``best_params`` as JSON. With
+    repeats, the rows across searches follow (``repeat`` empty)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=RECORD_FIELDS, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
+    for row in [*rows, *across_searches(rows)]:
         writer.writerow({**as_record(row), "best_params": json.dumps(row.best_params)})
     return out.getvalue().rstrip("\n")
 
 
 def as_json(rows: Sequence[Row]) -> str:
-    """A list of :func:`as_record` objects."""
-    return json.dumps([as_record(r) for r in rows], indent=2)
+    """A list of :func:`as_record` objects; with repeats, the rows across searches follow
+    (``repeat`` null)."""
+    return json.dumps([as_record(r) for r in [*rows, *across_searches(rows)]], indent=2)
 
 
 FORMATS: dict[str, Callable[[Sequence[Row]], str]] = {

@@ -4,7 +4,9 @@ Every method gets the same data, budget and protocol: the recipe of its best tri
 validation accuracy) is run ``evaluation.n_seeds`` times with ``train.seed`` and
 ``data.seed`` = 0..n-1, refit on train+val when the spec says so, and scored on the test
 split. The runs go through the same worker processes and slots as the search, and the
-result is stored on the method's study (user attribute ``tether:evaluation``).
+result is stored on the method's study (user attribute ``tether:evaluation``). Each repeat of a
+search (``budget.repeats``) is a spec of its own, its winner evaluated on the same seeds: the
+repeats differ in the configuration their search chose, not in the seeds.
 
 A refit trains on the validation split, so it cannot choose on it: what the best trial chose
 there is fixed instead (:func:`refit_recipe`), LP-FT's probe ``C`` and WiSE-FT's coefficient.

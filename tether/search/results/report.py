@@ -7,9 +7,10 @@ At the top, for every condition together:
 2. cost against quality: each method's test accuracy (mean, 95 % interval over the evaluation
    seeds) against the device-hours of its search and evaluation, one point per method and
    condition, so a method that needs one run shows how much cheaper it is, and at what price;
-3. with conditions: each method's test accuracy across them.
+3. with conditions: each method's test accuracy across them (with repeated searches, the mean
+   and standard deviation over the searches).
 
-Then for each spec (each condition):
+Then for each spec (each condition, each repeat of a search):
 
 4. the methods side by side: test accuracy, mean +- std over the evaluation seeds;
 5. optimisation history of each method (validation accuracy per trial, best so far);
@@ -36,6 +37,7 @@ import plotly.graph_objects as go
 from tether.search.execution.studies import best_trial
 from tether.search.execution.studies import find_studies
 from tether.search.results.compare import Row
+from tether.search.results.compare import across_searches
 from tether.search.results.compare import as_html
 from tether.search.results.compare import collect
 from tether.search.spec import StudySpec
@@ -66,9 +68,15 @@ def _half_width(row: Row) -> float:
     return 50 * (row.test_ci_high - row.test_ci_low)
 
 
+def _where(row: Row) -> str:
+    """The condition and repeat of a row's search, e.g. ``noise20 r1`` (empty: neither)."""
+    repeat = f"r{row.repeat}" if row.repeat else ""
+    return " ".join(part for part in (row.condition or "", repeat) if part)
+
+
 def cost_quality_figure(rows: Sequence[Row], colours: Mapping[str, str]) -> go.Figure:
     """Test accuracy (mean, 95 % interval as error bars) against the device-hours of search and
-    evaluation: one trace per method in its colour, one point per condition."""
+    evaluation: one trace per method in its colour, one point per condition and repeat."""
     figure = go.Figure()
     for method, colour in colours.items():
         points = [r for r in _evaluated(rows) if r.method == method]
@@ -78,7 +86,7 @@ def cost_quality_figure(rows: Sequence[Row], colours: Mapping[str, str]) -> go.F
             x=[r.hours for r in points],
             y=[100 * (r.test_mean or 0.0) for r in points],
             error_y={"type": "data", "array": [_half_width(r) for r in points]},
-            text=[r.condition or "" for r in points],
+            text=[_where(r) for r in points],
             mode="markers+text",
             textposition="top center",
             marker={"color": colour, "size": 10},
@@ -203,10 +211,13 @@ def _importance(studies: dict[str, optuna.Study], colours: Mapping[str, str]) ->
 
 
 def _by_condition(rows: Sequence[Row], colours: Mapping[str, str]) -> go.Figure:
-    """Each method's test accuracy across the conditions of a spec (e.g. noise rates)."""
+    """Each method's test accuracy across the conditions of a spec (e.g. noise rates); with
+    repeated searches, the mean and spread over them (:func:`across_searches`)."""
+    across = across_searches(rows)
+    spread = "searches" if across else "seeds"
     figure = go.Figure()
     for method, colour in colours.items():
-        points = [r for r in _evaluated(rows) if r.method == method]
+        points = [r for r in _evaluated(across or rows) if r.method == method]
         if not points:
             continue
         figure.add_scatter(
@@ -218,7 +229,7 @@ def _by_condition(rows: Sequence[Row], colours: Mapping[str, str]) -> go.Figure:
             name=method,
         )
     figure.update_layout(
-        title="Test accuracy per condition (mean +- std over seeds)",
+        title=f"Test accuracy per condition (mean +- std over {spread})",
         xaxis_title="condition",
         yaxis_title="test accuracy (%)",
     )
@@ -231,10 +242,11 @@ def _figures(
     rows: Sequence[Row],
     colours: Mapping[str, str],
 ) -> list[go.Figure]:
-    """The figures of one spec (one condition); ``rows`` are every condition's."""
+    """The figures of one spec (one condition's search); ``rows`` are every search's."""
     studies = _studies(spec, storage)
+    mine = [r for r in rows if (r.condition, r.repeat) == (spec.condition, spec.repeat)]
     figures = [
-        _comparison([r for r in rows if r.condition == spec.condition], colours),
+        _comparison(mine, colours),
         _history(studies, colours),
         _against_params(studies, colours),
         _distances(studies, colours),
@@ -255,8 +267,8 @@ def write_report(
     """Write the report to ``path`` (plotly.js inlined once: the file opens offline).
 
     The table pairs every method with ``baseline`` (None: no pairing). Several specs (the
-    conditions of one spec file) get one section each, after the table and the figures that
-    cover them all.
+    conditions and repeats of one spec file) get one section each, after the table and the
+    figures that cover them all.
 
     Raises:
         ValueError: ``baseline`` is not a method of the specs.
@@ -265,7 +277,7 @@ def write_report(
     rows = collect(specs, storage, baseline=baseline)
     colours = method_colours(specs)
     overview = [cost_quality_figure(rows, colours)]
-    if len(specs) > 1:
+    if len({spec.condition for spec in specs}) > 1:
         overview.append(_by_condition(rows, colours))
     sections = [("All conditions", overview)]
     sections += [(spec.name, _figures(spec, storage, rows, colours)) for spec in specs]
