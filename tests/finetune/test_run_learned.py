@@ -32,10 +32,11 @@ def _run(
         {"norm": "mars", "learn": "ftp"},
         {"norm": "mars", "learn": "ftp", "tensors": "tether", "k": 0.5},
         {"norm": "mars", "learn": "tpgm", "holdout": 0.2, "holdout_batch": 4},
+        {"norm": "mars", "learn": "tpgm", "tensors": "tether", "init": "loose"},
         {"norm": "frob", "learn": "tpgm", "init": "loose", "proj_freq": 2},
         {"norm": "frob", "learn": "tpgm-posthoc", "posthoc_iters": 5},
     ],
-    ids=["ftp", "ftp-tether", "tpgm", "tpgm-frob", "tpgm-posthoc"],
+    ids=["ftp", "ftp-tether", "tpgm", "tpgm-tether", "tpgm-frob", "tpgm-posthoc"],
 )
 def test_learned_radii_are_reported_and_hold(constraint: dict[str, Any], cache_dir: Path) -> None:
     start, result = _run(constraint, cache_dir)
@@ -44,6 +45,9 @@ def test_learned_radii_are_reported_and_hold(constraint: dict[str, Any], cache_d
     assert all(r > 0 for r in learned["absolute"].values())
     assert all(r > 0 for r in learned["relative"].values())
     assert start["constraint"].startswith(constraint["learn"].upper())
+    if constraint.get("tensors") == "tether":  # measured as Tether measures every method
+        for group, radius in learned["absolute"].items():
+            assert result["distances"][group] <= radius * (1 + 1e-4) + 1e-6
     if constraint["learn"] != "ftp":
         assert start["sizes"]["heldout"] >= 1
         assert start["sizes"]["train"] + start["sizes"]["heldout"] == 25

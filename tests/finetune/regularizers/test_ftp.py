@@ -10,7 +10,9 @@ from torch import nn
 import torch.nn.functional as F
 
 from tether.errors import ConfigError
+from tether.finetune.layers import LayerGroups
 from tether.finetune.regularizers._ftp import FTP
+from tether.finetune.regularizers._learned import constrained_tensors
 
 
 class TwoParts(nn.Module):
@@ -233,3 +235,39 @@ def test_state_dict_round_trips() -> None:
 def test_bad_settings_are_refused(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=key):
         FTP(nn.Linear(2, 2).parameters(), **{key: value})  # type: ignore[arg-type]
+
+
+def test_tether_convention_holds_batchnorm_through_its_live_diagonal() -> None:
+    """BatchNorm's scale is constrained as ``gamma / sqrt(running_var + 1e-6)``, whose running
+    variance moves every training step; biases and shifts stay free."""
+    torch.manual_seed(7)
+    conv, norm = nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4)
+    model = nn.Sequential(conv, norm, nn.Flatten(), nn.Linear(64, 3))
+    groups = LayerGroups({"body": ("0", "1"), "head": ("3",)})
+    tensors = constrained_tensors(model, groups, head="3", convention="tether")
+    assert [(t.layout, t.multiplier is not None) for t in tensors] == [
+        ("rows", False),
+        ("elements", True),
+    ]
+    assert norm.running_var is not None
+    w0, g0 = conv.weight.detach().clone(), norm.weight.detach().clone()
+    var0 = norm.running_var.clone()
+    opt = FTP(
+        model.parameters(), lr=5e-2, constrained=[(t.param, t.layout) for t in tensors],
+        multipliers=[t.multiplier for t in tensors], radius_lr=5e-2,
+    )  # fmt: skip
+    x, y = torch.randn(16, 3, 6, 6) * 3 + 1, torch.randint(0, 3, (16,))
+    bias = norm.bias.detach().clone()
+    for _ in range(12):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        conv_radius, norm_radius = opt.radii.tolist()
+        var = norm.running_var
+        diagonal = norm.weight.detach() / (var + 1e-6).sqrt() - g0 / (var0 + 1e-6).sqrt()
+        # float32 rounding of gamma = d / m around |d| ~ 1: a few 1e-7
+        assert float(diagonal.abs().max()) <= norm_radius * (1 + 1e-5) + 1e-6
+        rows = (conv.weight.detach() - w0).abs().flatten(1).sum(1)
+        assert float(rows.max()) <= conv_radius * (1 + 1e-5) + 1e-7
+    assert not torch.equal(norm.bias.detach(), bias), "the shift trains freely"
+    assert not torch.equal(norm.running_var, var0), "the variance moved: the test means it"

@@ -37,6 +37,7 @@ import torch
 from tether.errors import ConfigError
 from tether.finetune.regularizers._rowset import EPS
 from tether.finetune.regularizers._rowset import Layout
+from tether.finetune.regularizers._rowset import Multiplier
 from tether.finetune.regularizers._rowset import RowSet
 from tether.finetune.regularizers._wrapped import WrappedOptimizer
 
@@ -58,6 +59,7 @@ class FTPOptions:
     constrained: Sequence[tuple[torch.Tensor, Layout]]
     k: float = 1.0
     radius_lr: float = 1e-2
+    multipliers: Sequence[Multiplier | None] | None = None
 
 
 class RadiusAdam:
@@ -106,6 +108,8 @@ class FTP(WrappedOptimizer):
         exclude: parameters that take the plain step (the new head), matched by identity.
         constrained: ``(parameter, layout)`` pairs to constrain instead of the reference's
             rule; parameters not listed take the plain step.
+        multipliers: with ``constrained``, one :data:`~._rowset.Multiplier` or ``None`` per
+            pair (BatchNorm's scale through its inference diagonal).
         k: in [0, 1], how much of a positive hypergradient (one that would shrink the
             radius) is applied; 1 (the reference's default) is the strongest constraint.
         radius_lr: the radii's Adam learning rate.
@@ -133,6 +137,7 @@ class FTP(WrappedOptimizer):
         k: float = 1.0,
         radius_lr: float = 1e-2,
         first_radius: float = EPS,
+        multipliers: Sequence[Multiplier | None] | None = None,
         **kwargs: Any,
     ) -> None:
         if not 0 <= k <= 1:
@@ -143,15 +148,23 @@ class FTP(WrappedOptimizer):
             raise ConfigError(f"FTP's first_radius must be > 0, got {first_radius!r}")
         super().__init__(_base(base, params, lr, kwargs))
         held = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+        factors: list[Multiplier | None]
         if constrained is None:
             skip = {id(p) for p in exclude}
             pairs = [(p, reference_layout(p)) for p in held if id(p) not in skip]
+            factors = [None] * len(pairs)
         else:
             ids = {id(p) for p in held}
-            pairs = [(p, layout) for p, layout in constrained if id(p) in ids]
+            given = multipliers if multipliers is not None else [None] * len(constrained)
+            kept = [
+                (pair, m) for pair, m in zip(constrained, given, strict=True) if id(pair[0]) in ids
+            ]
+            pairs, factors = [pair for pair, _ in kept], [m for _, m in kept]
         self.k = k
         self.first_radius = first_radius
-        self.rows = RowSet([p for p, _ in pairs], [layout for _, layout in pairs])
+        self.rows = RowSet(
+            [p for p, _ in pairs], [layout for _, layout in pairs], multipliers=factors
+        )
         self.radius = RadiusAdam(
             torch.full((len(self.rows),), first_radius, device=self.rows.device), lr=radius_lr
         )
@@ -176,12 +189,9 @@ class FTP(WrappedOptimizer):
             return torch.zeros_like(self.radii)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.rows.tensors]
         offsets, inverse = self._previous
-        return self.rows.tensor_sum(
-            [
-                (g * c).sum(dim=1) * inv
-                for g, c, inv in zip(self.rows.gather(grads), offsets, inverse, strict=True)
-            ]
-        )
+        gathered = self.rows.gather(grads, gradients=True)
+        per_row = zip(gathered, offsets, inverse, strict=True)
+        return self.rows.tensor_sum([(g * c).sum(dim=1) * inv for g, c, inv in per_row])
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:

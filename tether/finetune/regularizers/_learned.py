@@ -6,7 +6,9 @@ Two conventions choose the tensors (``constraint.tensors``):
   head's, weights by output rows, 1-D tensors (biases, normalisation scales and shifts) each
   as one whole-tensor row;
 * ``tether`` (Tether's fixed-radius constraint): convolution and linear weights by rows,
-  normalisation scales element-wise, biases and shifts free.
+  BatchNorm scales element-wise through their inference diagonal
+  ``gamma / sqrt(running_var + 1e-6)`` (the running variance read afresh at every step),
+  LayerNorm and GroupNorm scales element-wise, biases and shifts free.
 
 The head is found by identity (the parameters of the head module), so a wrapper that prefixes
 every name (``module.`` of DistributedDataParallel) cannot make it constrained.
@@ -24,7 +26,10 @@ from torch import nn
 from tether.finetune.layers import HEAD
 from tether.finetune.layers import LayerGroups
 from tether.finetune.regularizers._rowset import Layout
+from tether.finetune.regularizers._rowset import Multiplier
 from tether.finetune.regularizers._rowset import RowSet
+from tether.finetune.regularizers._targets import BN_EPS
+from tether.finetune.regularizers._targets import Target
 from tether.finetune.regularizers._targets import collect_targets
 
 
@@ -34,11 +39,13 @@ CONVENTIONS: tuple[Convention, ...] = ("reference", "tether")
 
 @dataclass(frozen=True)
 class Constrained:
-    """One tensor whose radius is learned: the parameter, how it is read, and its group."""
+    """One tensor whose radius is learned: the parameter, how it is read, its group, and the
+    factor to the value constrained (BatchNorm's diagonal), if any."""
 
     param: nn.Parameter
     layout: Layout
     group: str
+    multiplier: Multiplier | None = None
 
 
 def constrained_tensors(
@@ -47,7 +54,9 @@ def constrained_tensors(
     """The tensors a learned-radius method constrains in ``model`` (see the module docstring)."""
     if convention == "tether":
         return [
-            Constrained(t.param, "rows" if t.kind == "matrix" else "elements", t.group)
+            Constrained(
+                t.param, "rows" if t.kind == "matrix" else "elements", t.group, _diagonal(t)
+            )
             for t in collect_targets(model, groups)
             if t.group != HEAD
         ]
@@ -61,15 +70,30 @@ def constrained_tensors(
     return out
 
 
+def _diagonal(target: Target) -> Multiplier | None:
+    """BatchNorm's ``1 / sqrt(running_var + eps)``, from the live running variance."""
+    if target.kind != "bn":
+        return None
+
+    def multiplier() -> torch.Tensor:
+        var = target.running_var()
+        assert var is not None, "a BatchNorm target tracks its running variance"
+        return torch.rsqrt(var + BN_EPS)
+
+    return multiplier
+
+
 def group_radii(
     rows: RowSet, radii: torch.Tensor, groups: Sequence[str]
 ) -> dict[str, dict[str, float]]:
     """Each group's learned radius, absolute and relative, as one MARS-PGM group radius.
 
-    A group's radius is the largest learned radius of its row-wise tensors (all its tensors
-    when it has none): the smallest single radius that holds every tensor of the group where
-    the learned radii put it. Relative: each tensor's radius divided by the mean l1 norm of
-    its pretrained rows (the unit of a ``relative`` constraint), the largest in the group.
+    A group's radius is the largest learned radius of its tensors measured as a MARS-PGM
+    measures them (rows and elements; a whole-tensor l1 row, the reference's rule for a 1-D
+    tensor, is in other units and counts only when the group has nothing else): the smallest
+    single radius that holds every tensor of the group where the learned radii put it.
+    Relative: each tensor's radius divided by the mean l1 norm of its pretrained rows (the
+    unit of a ``relative`` constraint), the largest in the group.
 
     Returns:
         ``{"absolute": {group: radius}, "relative": {group: radius}}``.
@@ -82,7 +106,7 @@ def group_radii(
     relative: dict[str, float] = {}
     for group in dict.fromkeys(groups):
         members = [i for i, g in enumerate(groups) if g == group]
-        by_rows = [i for i in members if rows.layouts[i] == "rows"] or members
+        by_rows = [i for i in members if rows.layouts[i] != "whole"] or members
         absolute[group] = max(values[i] for i in by_rows)
         relative[group] = max(values[i] / max(mean_norm[i], 1e-12) for i in by_rows)
     return {"absolute": absolute, "relative": relative}

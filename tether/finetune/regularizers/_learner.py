@@ -89,6 +89,7 @@ class Learner:
                                         device=device, seed=seed),
                 norm=cfg.norm if cfg.norm != "none" else "mars", every=cfg.proj_freq,
                 iters=cfg.iters, radius_lr=cfg.radius_lr, init=cfg.init, autocast=autocast,
+                multipliers=[t.multiplier for t in tensors],
             )  # fmt: skip
         return cls(cfg, tensors, tpgm)
 
@@ -102,7 +103,10 @@ class Learner:
         if self.cfg.learn != "ftp":
             return None
         pairs: list[tuple[torch.Tensor, Layout]] = [(t.param, t.layout) for t in self.tensors]
-        return FTPOptions(pairs, k=self.cfg.k, radius_lr=self.cfg.radius_lr)
+        return FTPOptions(
+            pairs, k=self.cfg.k, radius_lr=self.cfg.radius_lr,
+            multipliers=[t.multiplier for t in self.tensors],
+        )  # fmt: skip
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Keep the FTP optimiser (to read its radii at the end)."""

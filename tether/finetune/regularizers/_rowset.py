@@ -15,6 +15,12 @@ A tensor is read in one of three layouts:
   sums over every dimension of a 1-D tensor; any tensor under ``frob``);
 * ``elements``: every entry its own row (normalisation scales, element-wise).
 
+A tensor may also carry a *multiplier*: the value constrained is then ``param * m()``, read
+afresh on every call (BatchNorm's scale through its inference diagonal
+``gamma / sqrt(running_var + eps)``, whose variance changes as the model trains). Values are
+gathered multiplied, gradients divided (they are taken with respect to the value), and
+values are written back divided.
+
 Example:
     >>> import torch
     >>> w, b = torch.ones(3, 4), torch.ones(3)
@@ -27,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -42,6 +49,9 @@ LAYOUTS: tuple[Layout, ...] = ("rows", "whole", "elements")
 
 EPS = 1e-8
 """Added to every row norm (the references' guard against a row that has not moved)."""
+
+Multiplier = Callable[[], torch.Tensor]
+"""The factor, shaped as the tensor, from a parameter to the value constrained."""
 
 
 def _rows_of(tensor: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -72,6 +82,7 @@ class RowSet:
         tensors: the constrained tensors (parameters), read and written in place.
         layouts: one :data:`Layout` per tensor.
         anchors: W0 per tensor (copied, stacked by block); ``None``: the current values.
+        multipliers: one :data:`Multiplier` or ``None`` per tensor (default: none).
     """
 
     def __init__(
@@ -80,12 +91,19 @@ class RowSet:
         layouts: Sequence[Layout],
         *,
         anchors: Sequence[torch.Tensor] | None = None,
+        multipliers: Sequence[Multiplier | None] | None = None,
     ) -> None:
         if len(layouts) != len(tensors):
             raise ValueError(f"{len(tensors)} tensors but {len(layouts)} layouts")
         self.tensors = list(tensors)
         self.layouts = list(layouts)
-        sources = self.tensors if anchors is None else list(anchors)
+        self.multipliers = list(multipliers) if multipliers is not None else [None] * len(tensors)
+        if len(self.multipliers) != len(tensors):
+            raise ValueError(f"{len(tensors)} tensors but {len(self.multipliers)} multipliers")
+        sources = [
+            self._value(i, t.detach())
+            for i, t in enumerate(self.tensors if anchors is None else anchors)
+        ]
         by_key: dict[tuple[int, torch.device, torch.dtype], list[int]] = {}
         for i, (tensor, layout) in enumerate(zip(self.tensors, self.layouts, strict=True)):
             length = _rows_of(tensor.detach(), layout).shape[1]
@@ -105,12 +123,26 @@ class RowSet:
     def _view(self, tensor: torch.Tensor, i: int) -> torch.Tensor:
         return _rows_of(tensor, self.layouts[i])
 
-    def gather(self, tensors: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Each block's rows of ``tensors`` (default: the tensors themselves) as ``[R, L]``."""
+    def _value(self, i: int, tensor: torch.Tensor, *, gradient: bool = False) -> torch.Tensor:
+        """The constrained value of tensor ``i`` (or, ``gradient``, a gradient with respect to
+        it) from the parameter's."""
+        multiplier = self.multipliers[i]
+        if multiplier is None:
+            return tensor
+        return tensor / multiplier() if gradient else tensor * multiplier()
+
+    def gather(
+        self, tensors: Sequence[torch.Tensor] | None = None, *, gradients: bool = False
+    ) -> list[torch.Tensor]:
+        """Each block's rows of the constrained values of ``tensors`` (default: the tensors
+        themselves; ``gradients``: gradients with respect to them) as ``[R, L]``."""
         source = self.tensors if tensors is None else tensors
         out = []
         for block in self.blocks:
-            views = [self._view(source[i].detach(), i) for i in block.members]
+            views = [
+                self._view(self._value(i, source[i].detach(), gradient=gradients), i)
+                for i in block.members
+            ]
             out.append(views[0] if len(views) == 1 else torch.cat(views))
         return out
 
@@ -174,19 +206,28 @@ class RowSet:
         ]
 
     def write_(self, values: Sequence[torch.Tensor]) -> None:
-        """Copy each block's ``[R, L]`` rows back into its tensors, in place."""
+        """Copy each block's ``[R, L]`` rows of values back into its tensors, in place."""
         for block, rows in zip(self.blocks, values, strict=True):
             views = [self._view(self.tensors[i].detach(), i) for i in block.members]
-            pieces = rows.split([len(v) for v in views])
-            torch._foreach_copy_(views, list(pieces))
+            pieces = list(rows.split([len(v) for v in views]))
+            for k, i in enumerate(block.members):
+                multiplier = self.multipliers[i]
+                if multiplier is not None:
+                    pieces[k] = pieces[k] / self._view(multiplier(), i)
+            torch._foreach_copy_(views, pieces)
 
-    def split(self, values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-tensor tensors (shaped as the tensors) from per-block rows (differentiable)."""
+    def split(self, values: Sequence[torch.Tensor], *, params: bool = False) -> list[torch.Tensor]:
+        """Per-tensor tensors (shaped as the tensors) from per-block rows (differentiable);
+        ``params``: the parameters those values stand for (divided by their multipliers)."""
         out: list[torch.Tensor | None] = [None] * len(self.tensors)
         for block, rows in zip(self.blocks, values, strict=True):
             sizes = [len(self._view(self.tensors[i].detach(), i)) for i in block.members]
             for i, piece in zip(block.members, rows.split(sizes), strict=True):
-                out[i] = _unrows(piece, self.tensors[i], self.layouts[i])
+                tensor = _unrows(piece, self.tensors[i], self.layouts[i])
+                multiplier = self.multipliers[i]
+                if params and multiplier is not None:
+                    tensor = tensor / multiplier()
+                out[i] = tensor
         return [t for t in out if t is not None]
 
     def anchors(self) -> list[torch.Tensor]:

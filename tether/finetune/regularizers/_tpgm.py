@@ -40,6 +40,7 @@ from tether.finetune.regularizers._base import BaseProjection
 from tether.finetune.regularizers._ftp import RadiusAdam
 from tether.finetune.regularizers._rowset import EPS
 from tether.finetune.regularizers._rowset import Layout
+from tether.finetune.regularizers._rowset import Multiplier
 from tether.finetune.regularizers._rowset import RowNorm
 from tether.finetune.regularizers._rowset import RowSet
 from tether.finetune.regularizers.config import Norm
@@ -65,6 +66,7 @@ class TPGM(BaseProjection):
         radius_lr: the radii's Adam learning rate (``proj_lr``).
         init: ``tight`` (the reference) or ``loose``.
         autocast: the context the held-out forward runs in (mixed precision on CUDA).
+        multipliers: one :data:`~._rowset.Multiplier` or ``None`` per constrained tensor.
     """
 
     def __init__(
@@ -79,6 +81,7 @@ class TPGM(BaseProjection):
         radius_lr: float = 1e-2,
         init: Init = "tight",
         autocast: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+        multipliers: Sequence[Multiplier | None] | None = None,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ConfigError(f"TPGM's proj_freq must be an integer >= 1, got {every!r}")
@@ -96,7 +99,7 @@ class TPGM(BaseProjection):
         layouts: list[Layout] = [
             "whole" if norm == "frob" else layout for _, layout in constrained
         ]
-        self.rows = RowSet([p for p, _ in constrained], layouts)
+        self.rows = RowSet([p for p, _ in constrained], layouts, multipliers=multipliers)
         self.radius: RadiusAdam | None = None
         self.radius_lr = radius_lr
         self.steps = 0
@@ -121,7 +124,8 @@ class TPGM(BaseProjection):
         self.model.eval()
         try:
             with torch.enable_grad(), self.autocast():
-                swapped = dict(zip(self.names, self.rows.split(leaves), strict=True))
+                params = self.rows.split(leaves, params=True)
+                swapped = dict(zip(self.names, params, strict=True))
                 logits = torch.func.functional_call(self.model, swapped, (inputs,), strict=False)
                 loss = F.cross_entropy(logits.float(), labels)
             grads = torch.autograd.grad(loss, leaves)

@@ -41,8 +41,9 @@ class ConstraintConfig:
 
     ``radius_lr`` is the radii's Adam learning rate (TPGM's ``proj_lr``). ``tensors``: which
     tensors, ``reference`` (every trainable tensor but the head, 1-D ones as one whole row)
-    or ``tether`` (conv and linear weights by rows, normalisation scales element-wise,
-    biases free).
+    or ``tether`` (as the fixed-radius constraint: conv and linear weights by rows, BatchNorm
+    scales element-wise through ``gamma / sqrt(running_var + 1e-6)``, other normalisation
+    scales element-wise, biases free).
     """
 
     norm: Literal["none", Norm] = "none"
