@@ -163,6 +163,38 @@ def _digits(model: nn.Module) -> dict[str, tuple[str, ...]]:
     return _children(model, ["block1", "block2", "block3"])
 
 
+_WRAPPERS = {"DataParallel": "module", "DistributedDataParallel": "module",
+             "OptimizedModule": "_orig_mod"}  # fmt: skip
+"""Wrappers that hold the user's model as an attribute, and its name: their parameters are
+the model's, under a prefix (``module.``, ``_orig_mod.``) that no group or head name has."""
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DataParallel, DistributedDataParallel and ``torch.compile`` wrappers.
+
+    Raises:
+        ConfigError: the parameters are sharded (FSDP, DeepSpeed ZeRO-3): a row is then not
+            on one device, and a projection of each row cannot be made locally.
+
+    Example:
+        >>> inner = nn.Linear(2, 2)
+        >>> unwrap(nn.DataParallel(inner)) is inner
+        True
+    """
+    while type(model).__name__ in _WRAPPERS:
+        model = getattr(model, _WRAPPERS[type(model).__name__])
+    sharded = type(model).__name__ == "FullyShardedDataParallel" or any(
+        hasattr(p, "ds_id") or type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor"
+        for p in model.parameters()
+    )
+    if sharded:
+        raise ConfigError(
+            "the model's parameters are sharded (FSDP or ZeRO-3): a distance constraint needs "
+            "every row of a tensor on one device; use DDP, or gather the parameters"
+        )
+    return model
+
+
 def layer_groups(model: nn.Module, *, head: str) -> LayerGroups:
     """Group a model's modules for per-layer radii.
 

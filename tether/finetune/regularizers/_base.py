@@ -11,10 +11,20 @@ from __future__ import annotations
 import abc
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 
 class BaseProjection(abc.ABC):
     """Keeps the weights inside a set after every optimiser step."""
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
+        """Project after every step ``optimizer`` takes: the one line a training loop adds.
+
+        The projection runs as the optimiser's step post-hook, so a step that does not
+        happen (a mixed-precision ``GradScaler`` that found an inf skips ``step``) projects
+        nothing. ``handle.remove()`` detaches it.
+        """
+        return optimizer.register_step_post_hook(lambda opt, args, kwargs: self.project_())
 
     @abc.abstractmethod
     def project_(self) -> None:

@@ -12,6 +12,7 @@ from tether.errors import ConfigError
 from tether.finetune.layers import HEAD
 from tether.finetune.layers import LayerGroups
 from tether.finetune.layers import layer_groups
+from tether.finetune.layers import unwrap
 from tether.finetune.regularizers._base import BaseProjection
 from tether.finetune.regularizers._plan import ProjectionPlan
 from tether.finetune.regularizers._reference import Reference
@@ -66,6 +67,11 @@ class DistanceConstraint(BaseProjection):
     ``gamma / sqrt(running_var + 1e-6)``, whatever the norm, as in the reference code;
     biases and BatchNorm beta stay free.
 
+    The constraint follows the model: built before or after ``model.to(device)`` (or
+    ``.double()``, ``channels_last``), W0 moves where the weights live. A DataParallel,
+    DistributedDataParallel or ``torch.compile`` wrapper is looked through (group and head
+    names are the inner model's); sharded parameters (FSDP, ZeRO-3) are refused.
+
     Args:
         model: the network, its new head in place, its current weights taken as W0.
         norm: ``"mars"`` or ``"frob"``.
@@ -83,12 +89,14 @@ class DistanceConstraint(BaseProjection):
         chunk: elements per CPU chunk (see :class:`ProjectionPlan`).
 
     Example:
+        >>> import torch
         >>> from torchvision.models import resnet18
         >>> model = resnet18(num_classes=10)
         >>> constraint = DistanceConstraint(
         ...     model, norm="mars", radius=2.0, head_radius=10.0, head="fc"
         ... )
-        >>> # loss.backward(); optimizer.step(); constraint.project_()
+        >>> optimizer = torch.optim.Adam(model.parameters())
+        >>> handle = constraint.attach(optimizer)  # projects after every optimizer.step()
         >>> sorted(constraint.distances())[:2]
         ['head', 'layer1']
     """
@@ -107,6 +115,7 @@ class DistanceConstraint(BaseProjection):
         reference: Reference | None = None,
         chunk: int | None = None,
     ) -> None:
+        model = unwrap(model)
         if norm not in NORMS:
             raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if mode not in MODES:

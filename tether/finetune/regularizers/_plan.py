@@ -276,12 +276,19 @@ class ProjectionPlan:
             raise ValueError(f"chunk must be >= 0 elements, got {chunk!r}")
         self.norm = norm
         self.groups = tuple(groups)
+        self._targets = list(targets)
+        self._chunk = chunk
+        self._radius_of: Callable[[_Block], torch.Tensor] | None = None
+        self._build(reference)
+
+    def _build(self, reference: Reference) -> None:
+        """Sort the targets into blocks against ``reference``, on the parameters' devices."""
         self.blocks: list[_Block] = []
-        whole = norm == "frob"
-        ord = 1.0 if norm == "mars" else 2.0
+        whole = self.norm == "frob"
+        ord = 1.0 if self.norm == "mars" else 2.0
         matrices: dict[tuple[torch.device, torch.dtype, int], list[Target]] = {}
         diagonals: dict[tuple[torch.device, torch.dtype, bool], list[Target]] = {}
-        for target in targets:
+        for target in self._targets:
             p = target.param
             if target.kind == "matrix":
                 length = p.numel() if whole else p.numel() // max(p.shape[0], 1)
@@ -290,14 +297,16 @@ class ProjectionPlan:
                 scaled = target.running_var() is not None
                 diagonals.setdefault((p.device, p.dtype, scaled), []).append(target)
         for (device, _, length), members in matrices.items():
-            limit = chunk if chunk is not None else _default_chunk(device)
+            limit = self._chunk if self._chunk is not None else _default_chunk(device)
             for segments in _chunks(members, length, limit, whole=whole):
                 self.blocks.append(_RowBlock(segments, reference, whole=whole, ord=ord))
         for (_, _, scaled), members in diagonals.items():
             self.blocks.append(DiagBlock(members, reference, scaled=scaled))
         self._attach_workspaces()
-        self._params = [t.param for t in targets]
+        self._reference = reference
+        self._params = [t.param for t in self._targets]
         self._storage = self._pointers()
+        self._placement = self._placements()
         index = {g: i for i, g in enumerate(self.groups)}
         for block in self.blocks:
             ids = [
@@ -325,15 +334,28 @@ class ProjectionPlan:
     def _pointers(self) -> list[int]:
         return [p.data_ptr() for p in self._params]
 
+    def _placements(self) -> list[tuple[torch.device, torch.dtype]]:
+        return [(p.device, p.dtype) for p in self._params]
+
     def _check_views(self) -> None:
-        """Rebuild the cached parameter views if any parameter's storage was replaced."""
+        """Follow the parameters: new views if a storage was replaced (``channels_last``), the
+        whole plan again, W0 and radii moved along, if the model moved (``.to(device)``,
+        ``.double()``)."""
         storage = self._pointers()
-        if storage != self._storage:
-            for block in self.blocks:
-                block.refresh_views()
-            self._storage = storage
+        if storage == self._storage:
+            return
+        if self._placements() != self._placement:
+            self._build(self._reference.moved(self._targets))
+            if self._radius_of is not None:
+                self.set_radii(self._radius_of)
+            return
+        for block in self.blocks:
+            block.refresh_views()
+        self._storage = storage
 
     def set_radii(self, radius_of: Callable[[_Block], torch.Tensor]) -> None:
+        """Give each block its per-row radii (kept, to be given again if the model moves)."""
+        self._radius_of = radius_of
         for block in self.blocks:
             block.set_radius(radius_of(block))
 

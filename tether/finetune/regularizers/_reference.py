@@ -39,6 +39,19 @@ class Reference:
                     f"the model has {list(t.param.shape)}"
                 )
 
+    def moved(self, targets: Sequence[Target]) -> Reference:
+        """This W0 where, and in the dtype, the targets' parameters now live (a model moved
+        with ``.to()`` after the reference was taken); the values are kept."""
+        moved = Reference([])
+        for t in targets:
+            p = t.param
+            moved._weights[t.name] = self._weights[t.name].to(device=p.device, dtype=p.dtype)
+            var, live = self._running_vars.get(t.name), t.running_var()
+            if var is not None:
+                dtype = live.dtype if live is not None else var.dtype
+                moved._running_vars[t.name] = var.to(device=p.device, dtype=dtype)
+        return moved
+
     def weight(self, name: str) -> torch.Tensor:
         return self._weights[name]
 
