@@ -7,6 +7,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 from torchvision.models import ResNet
+from torchvision.models import VisionTransformer
 from torchvision.models import resnet18
 
 from tether.errors import ConfigError
@@ -103,3 +104,42 @@ def test_sharded_parameters_are_refused() -> None:
     model.fc.weight.ds_id = 7  # how DeepSpeed ZeRO-3 marks a partitioned parameter
     with pytest.raises(ConfigError, match="sharded"):
         _constraint(model)
+
+
+class _Tagger(nn.Module):
+    """An embedding the rules do not cover, an RMSNorm they do, and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)  # 60 of 60 + 6 + 42 + 7 = 115 parameters
+        self.norm = nn.RMSNorm(6)
+        self.fc = nn.Linear(6, 7)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.norm(self.emb(tokens)).mean(1))
+
+
+def test_parameters_no_rule_covers_are_named_once_with_their_share() -> None:
+    model = _Tagger()
+    with pytest.warns(UserWarning, match=r"1 parameter tensor\(s\) free, 52\.2 % .*: emb\.weight"):
+        constraint = DistanceConstraint(model, norm="mars", radius=1.0, head_radius=1.0, head="fc")
+    assert "norm.weight" in [t.name for t in constraint.targets], "RMSNorm: like LayerNorm"
+
+
+def test_naming_them_free_silences_the_warning(recwarn: pytest.WarningsRecorder) -> None:
+    model = _Tagger()
+    DistanceConstraint(model, norm="mars", radius=1.0, head_radius=1.0, head="fc", free=["emb"])
+    assert not [w for w in recwarn if "free" in str(w.message)]
+    with pytest.raises(ConfigError, match="'embedding'"):
+        DistanceConstraint(
+            _Tagger(), norm="mars", radius=1.0, head_radius=1.0, head="fc", free=["embedding"]
+        )
+
+
+def test_models_the_rules_cover_raise_no_warning(recwarn: pytest.WarningsRecorder) -> None:
+    vit = VisionTransformer(
+        image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16
+    )
+    for model, head in ((_model(), "fc"), (vit, "heads.head")):
+        DistanceConstraint(model, norm="mars", radius=1.0, head_radius=1.0, head=head)
+    assert not [w for w in recwarn if "free" in str(w.message)]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Sequence
 import math
 from typing import Literal
+import warnings
 
 from torch import nn
 
@@ -16,7 +18,9 @@ from tether.finetune.layers import unwrap
 from tether.finetune.regularizers._base import BaseProjection
 from tether.finetune.regularizers._plan import ProjectionPlan
 from tether.finetune.regularizers._reference import Reference
+from tether.finetune.regularizers._targets import Target
 from tether.finetune.regularizers._targets import collect_targets
+from tether.finetune.regularizers._targets import unknown_free
 from tether.finetune.regularizers.config import NORMS
 from tether.finetune.regularizers.config import Norm
 
@@ -29,6 +33,19 @@ def _check_radius(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise ConfigError(f"{what} must be a number > 0 (inf leaves it free), got {value!r}")
     return float(value)
+
+
+def _warn_free(model: nn.Module, targets: list[Target], free: tuple[str, ...]) -> None:
+    """One warning naming the parameters that no rule constrains (see :func:`unknown_free`)."""
+    left, share = unknown_free(model, targets, free=free)
+    if left:
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        warnings.warn(
+            f"DistanceConstraint leaves {len(left)} parameter tensor(s) free, "
+            f"{100 * share:.1f} % of all parameters: {shown}; pass free=[...] to accept that",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def resolve_radii(
@@ -87,6 +104,9 @@ class DistanceConstraint(BaseProjection):
         groups: layer groups; by default :func:`tether.finetune.layers.layer_groups`.
         reference: W0; by default a snapshot of ``model`` now.
         chunk: elements per CPU chunk (see :class:`ProjectionPlan`).
+        free: parameter or module names left free knowingly. Any other trainable parameter
+            that no rule constrains (an embedding, a custom layer's) is named in one
+            ``UserWarning`` with its share of all parameters.
 
     Example:
         >>> import torch
@@ -114,6 +134,7 @@ class DistanceConstraint(BaseProjection):
         groups: LayerGroups | None = None,
         reference: Reference | None = None,
         chunk: int | None = None,
+        free: Sequence[str] = (),
     ) -> None:
         model = unwrap(model)
         if norm not in NORMS:
@@ -126,6 +147,7 @@ class DistanceConstraint(BaseProjection):
         self.groups = groups if groups is not None else layer_groups(model, head=head)
         self.radii = resolve_radii(radius, head_radius, self.groups)
         self.targets = collect_targets(model, self.groups)
+        _warn_free(model, self.targets, tuple(free))
         self.reference = reference if reference is not None else Reference(self.targets)
         self.plan = ProjectionPlan(
             self.targets, self.reference, self.groups.names, norm=norm, chunk=chunk

@@ -7,10 +7,13 @@ Rules, following the MARS reference code (Gouk et al. 2021) and its PyTorch port
   ``[out, in, kh, kw]`` has ``out`` rows of ``in * kh * kw`` entries (depthwise convs
   therefore get one row per channel, the exact l-inf operator norm);
 * BatchNorm's gamma enters through the diagonal of its inference map,
-  ``d = gamma / sqrt(running_var + 1e-6)``, element-wise; LayerNorm / GroupNorm gamma
-  element-wise as is;
+  ``d = gamma / sqrt(running_var + 1e-6)``, element-wise; LayerNorm / GroupNorm / RMSNorm
+  gamma element-wise as is;
 * biases, BatchNorm beta, class tokens and position embeddings stay free;
 * the new head is measured from zero.
+
+Any other parameter (an ``nn.Embedding``, a transformers ``Conv1D``, a custom module's) is
+left free too, and :func:`unknown_free` names it, so that a constraint can say so.
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ def row_view(tensor: torch.Tensor, *, whole: bool) -> torch.Tensor:
 
 
 _MATRIX_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORM_MODULES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm)
+_NORM_MODULES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+DELIBERATELY_FREE = ("class_token", "cls_token", "pos_embedding", "pos_embed")
+"""Last parts of parameter names left free by the rules above (torchvision's and timm's),
+besides every name ending in ``bias`` (``in_proj_bias`` too)."""
 
 
 def _module_targets(module: nn.Module) -> Iterator[tuple[str, Kind]]:
@@ -103,3 +109,37 @@ def collect_targets(model: nn.Module, groups: LayerGroups) -> list[Target]:
                 name = f"{module_name}.{attr}" if module_name else attr
                 targets.append(Target(name, group, param, kind, module))
     return targets
+
+
+def unknown_free(
+    model: nn.Module, targets: list[Target], *, free: tuple[str, ...] = ()
+) -> tuple[list[str], float]:
+    """The trainable parameters no rule covers, and their share of all parameters.
+
+    Constrained tensors, biases, shifts, class tokens and position embeddings are left out,
+    and so is every name in ``free`` or under a module named there (what the user leaves free
+    knowingly).
+
+    Raises:
+        ConfigError: a name in ``free`` is no parameter or module of ``model``.
+    """
+    from tether.errors import ConfigError
+
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_modules()}
+    unknown = [n for n in free if n not in names]
+    if unknown:
+        raise ConfigError(f"free names no parameter or module {unknown[0]!r} of the model")
+    constrained = {id(t.param) for t in targets}
+    total = sum(p.numel() for p in model.parameters()) or 1
+    left: list[str] = []
+    size = 0
+    for name, param in model.named_parameters():
+        last = name.rsplit(".", 1)[-1]
+        chosen = any(name == f or name.startswith(f + ".") for f in free)
+        deliberate = last.endswith("bias") or last in DELIBERATELY_FREE
+        if id(param) in constrained or deliberate or chosen:
+            continue
+        if param.requires_grad:
+            left.append(name)
+            size += param.numel()
+    return left, size / total
