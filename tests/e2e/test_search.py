@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 from pathlib import Path
+import re
 import signal
 import subprocess
 import sys
@@ -73,6 +74,14 @@ def finished(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple
     )
     assert done.returncode == 0, done.stderr
     assert "mars-pgm" in done.stdout
+    trials = [line for line in done.stderr.splitlines() if "] trial " in line]
+    # one line per finished trial: the study's k/N, its best so far, the tickets left, an ETA
+    assert re.search(
+        r"^\[tiny/standard\] trial 0: .*\| 1/1 ended, best \d+\.\d%; 3 left, ETA \d", trials[0]
+    )
+    assert re.search(
+        r"^\[tiny/mars-pgm\] trial 2: .*\| 3/3 ended, best \d+\.\d%; 0 left, ETA 0s$", trials[-1]
+    )
     return work, url, spec
 
 

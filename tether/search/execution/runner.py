@@ -26,17 +26,20 @@ from typing import Any
 import zlib
 
 import optuna
+from optuna.trial import TrialState
 
 from tether.errors import Terminated
 from tether.jsondata import deep_merge
 from tether.search.execution.launcher import Launcher
 from tether.search.execution.launcher import TrialProcess
 from tether.search.execution.slots import Slot
+from tether.search.execution.studies import best_trial
 from tether.search.execution.studies import check_compatible
 from tether.search.execution.studies import enqueue_warm_start
 from tether.search.execution.studies import load_studies
 from tether.search.execution.studies import model_groups
 from tether.search.execution.tickets import Dispatcher
+from tether.search.execution.tickets import waiting
 from tether.search.execution.trials import run_claimed
 from tether.search.samplers import SEED_OFFSETS
 from tether.search.samplers import make_pruner
@@ -117,6 +120,7 @@ class TicketRunner:
         self.timeout = timeout
         self.grace = grace
         self.done = 0
+        self._seconds: list[float] = []
         self._recipe = recipe
         self._dispatcher = Dispatcher(self.studies)
         self._deadlines: list[float | None] = [None] * len(self.studies)
@@ -253,13 +257,49 @@ class TicketRunner:
         )
         with self._lock:
             self.done += 1
+            seconds = time.monotonic() - started
+            self._seconds.append(seconds)
             print(
                 f"[{study.study_name}] trial {trial.number}: {outcome}  "
-                f"({format_params(trial.params)})  "
-                f"{time.monotonic() - started:.1f}s on {slot.name}",
+                f"({format_params(trial.params)})  {seconds:.1f}s on {slot.name}  "
+                f"| {self._progress(index)}",
                 file=sys.stderr,
                 flush=True,
             )
+
+    def _progress(self, index: int) -> str:
+        """``k/N`` trials of the study ended, its best value, and the stage's ETA.
+
+        N counts every trial of the study, waiting tickets (other workers' too) included; the
+        ETA is the mean trial time in this process times the tickets left in the stage, over
+        this process's slots (other workers only shorten it).
+        """
+        study = self.studies[index]
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        ended = sum(s in _ENDED for s in states)
+        best = best_trial(study)
+        left = sum(waiting(self.studies[i]) for i in self._stage)
+        eta = sum(self._seconds) / len(self._seconds) * left / max(len(self.slots), 1)
+        best_text = "-" if best is None or best.value is None else f"{100 * best.value:.1f}%"
+        return f"{ended}/{len(states)} ended, best {best_text}; {left} left, ETA {duration(eta)}"
+
+
+_ENDED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def duration(seconds: float) -> str:
+    """A short human duration.
+
+    Example:
+        >>> duration(42.4), duration(125), duration(3 * 3600 + 60)
+        ('42s', '2m05s', '3h01m')
+    """
+    total = round(seconds)
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    return f"{total // 3600}h{total % 3600 // 60:02d}m"
 
 
 def _wait(finished: Sequence[threading.Event], *, until: float | None = None) -> bool:
