@@ -36,6 +36,13 @@ def _batch(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     )
 
 
+def _train(model: TwoParts, opt: torch.optim.Optimizer, *, steps: int) -> None:
+    for t in range(steps):
+        opt.zero_grad()
+        model.loss(*_batch(t)).backward()
+        opt.step()
+
+
 def _row_l1(t: torch.Tensor) -> torch.Tensor:
     return t.abs().reshape(t.shape[0], -1).sum(1) if t.dim() >= 2 else t.abs().sum().reshape(1)
 
@@ -176,10 +183,7 @@ def test_a_parameter_without_gradient_corrupts_nothing() -> None:
     torch.manual_seed(5)
     model = TwoParts()
     opt = FTP(model.parameters(), lr=1e-2)
-    for t in range(3):
-        opt.zero_grad()
-        model.loss(*_batch(t)).backward()
-        opt.step()
+    _train(model, opt, steps=3)
     before = [p.detach().clone() for p in model.parameters()]
     radii = opt.radii.clone()
     opt.zero_grad(set_to_none=True)
@@ -210,10 +214,7 @@ def test_state_dict_round_trips() -> None:
     torch.manual_seed(6)
     model = TwoParts()
     opt = FTP(model.parameters(), lr=1e-2)
-    for t in range(3):
-        opt.zero_grad()
-        model.loss(*_batch(t)).backward()
-        opt.step()
+    _train(model, opt, steps=3)
     copy = TwoParts()
     copy.load_state_dict(model.state_dict())
     other = FTP(copy.parameters(), lr=1e-2)

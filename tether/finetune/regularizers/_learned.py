@@ -34,7 +34,6 @@ from tether.finetune.regularizers._targets import collect_targets
 
 
 Convention = Literal["reference", "tether"]
-CONVENTIONS: tuple[Convention, ...] = ("reference", "tether")
 
 
 @dataclass(frozen=True)
@@ -110,14 +109,3 @@ def group_radii(
         absolute[group] = max(values[i] for i in by_rows)
         relative[group] = max(values[i] / max(mean_norm[i], 1e-12) for i in by_rows)
     return {"absolute": absolute, "relative": relative}
-
-
-def group_distances(
-    rows: RowSet, norms: Sequence[torch.Tensor], groups: Sequence[str]
-) -> dict[str, float]:
-    """``{group: largest row norm}`` from per-block row norms."""
-    largest = rows.tensor_max(norms).tolist()
-    out: dict[str, float] = {}
-    for value, group in zip(largest, groups, strict=True):
-        out[group] = max(out.get(group, 0.0), value)
-    return out

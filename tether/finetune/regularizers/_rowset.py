@@ -45,7 +45,6 @@ from tether.finetune.regularizers._targets import row_view
 
 Layout = Literal["rows", "whole", "elements"]
 RowNorm = Literal["l1", "l2"]
-LAYOUTS: tuple[Layout, ...] = ("rows", "whole", "elements")
 
 EPS = 1e-8
 """Added to every row norm (the references' guard against a row that has not moved)."""
@@ -229,10 +228,6 @@ class RowSet:
                     tensor = tensor / multiplier()
                 out[i] = tensor
         return [t for t in out if t is not None]
-
-    def anchors(self) -> list[torch.Tensor]:
-        """W0 per tensor, shaped as the tensors (views of the stacked anchors)."""
-        return self.split([b.anchor for b in self.blocks])
 
 
 def _unrows(rows: torch.Tensor, like: torch.Tensor, layout: Layout) -> torch.Tensor:

@@ -13,7 +13,6 @@ from tether.finetune.regularizers.penalties import PENALTIES
 
 Norm = Literal["mars", "frob"]
 Learner = Literal["none", "ftp", "tpgm", "tpgm-posthoc"]
-LEARNERS: tuple[Learner, ...] = typing.get_args(Learner)
 """The distances a constraint or penalty measures: max absolute row sum, or Frobenius."""
 NORMS: tuple[Norm, ...] = typing.get_args(Norm)
 
