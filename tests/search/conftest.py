@@ -12,6 +12,7 @@ import multiprocessing
 from multiprocessing.process import BaseProcess
 import os
 from pathlib import Path
+import time
 from typing import Any
 import uuid
 
@@ -92,14 +93,17 @@ def work_tickets(
     options: dict[str, Any] | None = None,
     slots: int = 1,
     preload: Sequence[str] = (),
+    go: str | None = None,
 ) -> None:
     """One worker process: ``tether worker`` without the spec, on trivial trials.
 
     It opens its own storage (``StorageOptions(**options)``), loads the studies ``names`` with
     a random sampler and runs their tickets with
     :class:`tether.search.execution.runner.TicketRunner`, whose trials run
-    :func:`tether.testing.targets.trivial_target` on ``recipe`` plus a sampled ``x``. At
-    the end it writes how many trials it ran to ``log_dir/ran-<pid>.txt``.
+    :func:`tether.testing.targets.trivial_target` on ``recipe`` plus a sampled ``x``. Once
+    its studies are loaded it creates ``log_dir/ready-<pid>`` and, given ``go``, waits for
+    that file to exist before it starts; at the end it writes how many trials it ran to
+    ``log_dir/ran-<pid>.txt``.
     """
     import logging
 
@@ -122,6 +126,10 @@ def work_tickets(
         )
         for name in names
     ]
+    Path(log_dir).mkdir(parents=True, exist_ok=True)
+    (Path(log_dir) / f"ready-{os.getpid()}").touch()
+    while go is not None and not os.path.exists(go):
+        time.sleep(0.05)
     with Launcher(preload=preload) as launcher:
         runner = TicketRunner(
             studies,

@@ -81,7 +81,16 @@ def test_cut_connections_lose_no_trial(
 ) -> None:
     study = _study(pg_database, 60)
     options = {"application_name": "tether-worker", "reconnect_timeout": 60.0}
-    workers = start_workers(4, pg_database, ["faults"], options=options, recipe={"sleep": 0.02})
+    go = tmp_path / "go"
+    workers = start_workers(
+        4, pg_database, ["faults"], options=options, recipe={"sleep": 0.02}, go=str(go)
+    )
+    # The cuts start once every worker has opened the storage: cutting every connection four
+    # times a second from the start leaves a worker booting on a loaded machine no window to
+    # open one (opening through lost connections is tested on its own below).
+    logs = tmp_path / "logs"
+    _wait_for(lambda: len(list(logs.glob("ready-*"))) == 4, 120, "the workers to start")
+    go.touch()
     cut = 0
     with pg_connect(pg_database) as connection:
         while any(w.is_alive() for w in workers):
@@ -99,6 +108,28 @@ def test_cut_connections_lose_no_trial(
     assert _states(study) == [TrialState.COMPLETE] * 60
     assert trials_ran(tmp_path / "logs") == 60, "a ticket was run twice"
     assert all(t.value is not None and len(t.user_attrs["curve"]) == 1 for t in trials)
+
+
+def test_opening_waits_out_lost_connections(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tether.search.storage import connect
+
+    _study(pg_database, 1)
+    real = connect._server
+    calls: list[int] = []
+
+    def lost_twice(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise _lost_reply()
+        return real(*args)
+
+    monkeypatch.setattr(connect, "_server", lost_twice)
+    storage = open_storage(pg_database, options=StorageOptions(reconnect_timeout=30.0))
+    assert len(calls) == 3
+    assert optuna.load_study(study_name="faults", storage=storage).trials[0].number == 0
+    assert "storage connection lost" in caplog.text
 
 
 def _lost_reply() -> sqlalchemy.exc.OperationalError:
