@@ -3,21 +3,27 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every optional integration: CI tests each with the real package.
+EXTRAS := dev,postgres,dashboard,cmaes,lightning,transformers,timm,mlflow,export,browser
 
-.PHONY: test demo demo-noise equal-compute lint format clean
+.PHONY: test chromium demo demo-noise equal-compute lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,dashboard,cmaes]'
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
+
+# Debian's Chromium for the browser tests (tests/browser), installed when missing.
+chromium:
+	command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint chromium
 	$(BIN)/pytest -q
 
 # The main job on the offline digits task: search every method, evaluate, compare, report.
