@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import re
 from typing import Any
 
 import pytest
@@ -14,7 +15,9 @@ from tests.search.results.conftest import THREE_METHODS
 from tests.search.results.conftest import add_study
 from tests.search.results.conftest import evaluation
 from tether.cli import main
+from tether.search.results.compare import ACROSS_TITLE
 from tether.search.spec import load_spec
+from tether.search.spec import load_specs
 from tether.search.storage import open_storage
 from tether.testing.specs import tiny_digits_spec
 from tether.testing.specs import write_spec
@@ -104,3 +107,62 @@ def test_a_spec_without_standard_compares_without_a_baseline(
         ("mars-pgm", None, None),
         ("l2-sp", None, None),
     ]
+
+
+def _latex(argv: list[str], capsys: pytest.CaptureFixture[str]) -> list[str]:
+    assert main([*argv, "--format", "latex"]) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_compare_as_latex_is_a_booktabs_table_of_the_text_tables_cells(
+    searched: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, url = searched
+    lines = _latex(["compare", spec, "--storage", url], capsys)
+    assert lines[0] == r"\begin{tabular}{lrrrrrrrl}"
+    assert lines[1] == r"\toprule"
+    assert lines[2].startswith(
+        r"method & best trial & trials (ok/pruned/failed) & best val \% & "
+        r"test \% mean $\pm$ std [95\% CI] & vs standard (paired, 95\% CI) & "
+    )
+    assert lines[3] == r"\midrule"
+    assert [line.split(" & ")[0] for line in lines[4:7]] == ["standard", "mars-pgm", "l2-sp"]
+    assert r" & 78.0 $\pm$ 2.9 [73.3, 82.7] (n=4) & +5.0 [+1.1, +8.9] & " in lines[5]
+    assert all(line.endswith(r" \\") for line in [lines[2], *lines[4:7]])
+    assert lines[7:] == [r"\bottomrule", r"\end{tabular}"]
+
+
+def test_compare_as_latex_escapes_what_latex_would_read_as_commands(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = str(ROOT / "configs" / "digits.yaml")
+    data = tiny_digits_spec("t", recipe=recipe, conditions={"sym_20": {}}, budget={"repeats": 2})
+    spec_path = write_spec(tmp_path, data)
+    url = f"sqlite:///{tmp_path / 'tether.db'}"
+    storage = open_storage(url)
+    for spec in load_specs(str(spec_path)):
+        add_study(storage, spec, "standard", evaluated=evaluation([0.7, 0.8]))
+    lines = _latex(["compare", str(spec_path), "--storage", url], capsys)
+    rows = [line for line in lines if line.startswith("sym")]
+    assert [row.split(" & ")[:2] for row in rows] == [
+        [r"sym\_20", "0"],
+        [r"sym\_20", "1"],
+        [r"sym\_20", "standard"],  # across the two searches
+    ]
+    assert lines.count(r"\toprule") == lines.count(r"\bottomrule") == 2
+    assert lines.index(r"% " + ACROSS_TITLE) == lines.index(r"\end{tabular}") + 2
+    cells = [c for line in lines if " & " in line for c in line.removesuffix(r" \\").split(" & ")]
+    assert not [c for c in cells if re.search(r"(?<!\\)[_%#&$~^]", c.replace(r"$\pm$", ""))]
+
+
+def test_compare_with_an_unknown_format_exits_2_with_one_line(
+    searched: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec, url = searched
+    with pytest.raises(SystemExit) as exited:
+        main(["compare", spec, "--storage", url, "--format", "tex"])
+    assert exited.value.code == 2
+    said = capsys.readouterr()
+    assert said.out == ""
+    assert said.err.count("\n") == 1
+    assert "argument --format: invalid choice: 'tex'" in said.err

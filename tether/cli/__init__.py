@@ -1,10 +1,13 @@
 """The ``tether`` command line: one small command class per verb, its docstring its help.
 
 The verbs, by family: :mod:`~tether.cli.finetune` (one run), :mod:`~tether.cli.search` (run,
-worker, evaluate), :mod:`~tether.cli.results` (status, compare, report) and
+worker, evaluate), :mod:`~tether.cli.results` (status, compare, report, export) and
 :mod:`~tether.cli.storage` (reap, delete, dashboard). Building the parser imports none of
 torch, torchvision, Optuna or plotly: ``tether --help`` starts as fast as Python does, and
 each verb imports what it needs when it runs.
+
+Before or after the verb, ``-q`` leaves only results (stdout), warnings and errors, and ``-v``
+adds debug lines and Optuna's own (see :func:`tether.cli.base.verbosity`).
 
 Exit codes: 0 done, 1 the run failed, 2 bad input (one line on stderr, nothing written),
 130 interrupted by Ctrl-C (SIGINT), 143 stopped by SIGTERM (128 + the signal's number, as a
@@ -30,9 +33,13 @@ from tether.cli.base import EXIT_BAD_INPUT
 from tether.cli.base import EXIT_FAILED
 from tether.cli.base import EXIT_INTERRUPTED
 from tether.cli.base import EXIT_TERMINATED
+from tether.cli.base import NORMAL
 from tether.cli.base import Command
+from tether.cli.base import add_verbosity_arguments
+from tether.cli.base import verbosity
 from tether.cli.finetune import FinetuneCommand
 from tether.cli.results import CompareCommand
+from tether.cli.results import ExportCommand
 from tether.cli.results import ReportCommand
 from tether.cli.results import StatusCommand
 from tether.cli.search import EvaluateCommand
@@ -55,6 +62,7 @@ COMMANDS: dict[str, Command] = {
         EvaluateCommand(),
         CompareCommand(),
         ReportCommand(),
+        ExportCommand(),
         StatusCommand(),
         ReapCommand(),
         DeleteCommand(),
@@ -79,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tether {__version__}")
     storage_help = "Optuna storage URL (default: $TETHER_STORAGE, else sqlite:///tether.db)"
     parser.add_argument("--storage", default=None, help=storage_help)
+    add_verbosity_arguments(parser, default=NORMAL)
     sub = parser.add_subparsers(
         dest="command", metavar="COMMAND", required=True, parser_class=_Parser
     )
@@ -91,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         child.add_argument("--storage", default=argparse.SUPPRESS, help=storage_help)
+        add_verbosity_arguments(child, default=argparse.SUPPRESS)
         command.add_arguments(child)
     return parser
 
@@ -105,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
-        return COMMANDS[args.command].run(args)
+        with verbosity(args.verbosity):
+            return COMMANDS[args.command].run(args)
     except ConfigError as error:
         print(f"tether: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

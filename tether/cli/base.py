@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import abc
 import argparse
+from collections.abc import Iterator
+import contextlib
+import io
 import sys
+import threading
 from typing import TYPE_CHECKING
+from typing import TextIO
 
 
 if TYPE_CHECKING:
@@ -21,6 +26,8 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 DEFAULT_BASELINE = "standard"
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+"""How much a verb says on stderr: ``-q``, neither flag, ``-v`` (see :func:`verbosity`)."""
 
 
 class Command(abc.ABC):
@@ -199,3 +206,90 @@ def open_selected(
     require_studies(specs, storage, selected_methods(specs[0], args), every=every)
     storage_line(args)
     return specs, storage
+
+
+def add_verbosity_arguments(parser: argparse.ArgumentParser, *, default: object) -> None:
+    """``-q`` / ``-v``: say less or more on stderr (see :func:`verbosity`); ``default`` is
+    :data:`NORMAL` on the ``tether`` parser, ``argparse.SUPPRESS`` on a verb's, so that either
+    place works."""
+    flags = parser.add_mutually_exclusive_group()
+    flags.add_argument(
+        "-q",
+        "--quiet",
+        dest="verbosity",
+        action="store_const",
+        const=QUIET,
+        default=default,
+        help="print only results, warnings and errors: no progress lines",
+    )
+    flags.add_argument(
+        "-v",
+        "--verbose",
+        dest="verbosity",
+        action="store_const",
+        const=VERBOSE,
+        default=default,
+        help="print debug lines too, and Optuna's own log lines",
+    )
+
+
+@contextlib.contextmanager
+def verbosity(level: int) -> Iterator[None]:
+    """While a verb runs, say on stderr what ``level`` asks for; as it was afterwards.
+
+    The levels of Optuna's own command line: :data:`NORMAL` shows the verbs' progress lines
+    and the records of the ``tether`` loggers from INFO, and Optuna's from WARNING (its line
+    per study created is noise beside tether's own). :data:`VERBOSE` (``-v``) shows tether's
+    from DEBUG and Optuna's from INFO. :data:`QUIET` (``-q``) leaves the results (stdout),
+    the warnings and the errors: records from WARNING, and the lines a verb prints on stderr
+    dropped (:class:`_DroppedLines`), but for a prompt that waits for an answer.
+    """
+    import logging
+
+    import optuna
+
+    stream = sys.stderr
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("tether")
+    saved = logger.level, optuna.logging.get_verbosity()
+    logger.setLevel({QUIET: logging.WARNING, NORMAL: logging.INFO}.get(level, logging.DEBUG))
+    logger.addHandler(handler)
+    optuna.logging.set_verbosity(logging.INFO if level >= VERBOSE else logging.WARNING)
+    try:
+        if level <= QUIET:
+            with contextlib.redirect_stderr(_DroppedLines(stream)):
+                yield
+        else:
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        optuna.logging.set_verbosity(saved[1])
+
+
+class _DroppedLines(io.TextIOBase):
+    """``sys.stderr`` under ``-q``: the lines written to it are dropped, and a partial line
+    that is flushed (a prompt waiting for an answer) goes on to ``stream``.
+
+    Each thread has its own partial line: one thread's flush never sends out the first half
+    of a line another thread is printing.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._thread = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._thread.partial = (getattr(self._thread, "partial", "") + text).rpartition("\n")[2]
+        return len(text)
+
+    def flush(self) -> None:
+        partial = getattr(self._thread, "partial", "")
+        if partial:
+            self._stream.write(partial)
+            self._thread.partial = ""
+        self._stream.flush()

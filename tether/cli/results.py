@@ -1,11 +1,14 @@
-"""The verbs that read a search: ``status``, ``compare``, ``report``. None imports torch."""
+"""The verbs that read a search: ``status``, ``compare``, ``report``, ``export``. None
+imports torch."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+import sys
 from typing import TYPE_CHECKING
+from typing import Any
 
 from tether.cli.base import EXIT_OK
 from tether.cli.base import Command
@@ -22,7 +25,10 @@ if TYPE_CHECKING:
     from tether.search.spec import StudySpec
 
 
-FORMATS = ("text", "markdown", "csv", "json")
+FORMATS = ("text", "markdown", "csv", "json", "latex")
+STATUS_FORMATS = ("table", "json", "yaml")
+STATES = ("complete", "pruned", "fail", "running", "waiting")
+"""The trial states ``tether status`` counts, as Optuna names them (lower case)."""
 
 
 def print_table(
@@ -103,44 +109,122 @@ class ReportCommand(Command):
         return EXIT_OK
 
 
+def status_records(
+    specs: Sequence[StudySpec],
+    storage: optuna.storages.BaseStorage,
+    methods: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One record per condition's, repeat's and (selected) method's study: whose it is,
+    whether it was ``created``, its ``trials`` by state (:data:`STATES`), and its best trial's
+    number, value and parameters (None without a complete trial)."""
+    from tether.search.execution.studies import best_trial
+    from tether.search.execution.studies import find_studies
+
+    records = []
+    for spec, method, study in find_studies(specs, storage, methods):
+        trials = [] if study is None else study.get_trials(deepcopy=False)
+        best = None if study is None else best_trial(study)
+        records.append(
+            {
+                "study": spec.study_name(method),
+                "spec": spec.family,
+                "condition": spec.condition,
+                "repeat": spec.repeat,
+                "method": method,
+                "created": study is not None,
+                "trials": {s: sum(t.state.name.lower() == s for t in trials) for s in STATES},
+                "best_trial": None if best is None else best.number,
+                "best_value": None if best is None else best.value,
+                "best_params": None if best is None else dict(best.params),
+            }
+        )
+    return records
+
+
+def status_table(records: Sequence[dict[str, Any]]) -> str:
+    """:func:`status_records` in aligned columns: the trials by state and the best value."""
+    width = max([32, *(len(r["study"]) for r in records)])
+    lines = [f"{'study':<{width}} " + " ".join(f"{s:>9}" for s in STATES) + "  best val"]
+    for record in records:
+        if not record["created"]:
+            lines.append(f"{record['study']:<{width}} (not created)")
+            continue
+        value = record["best_value"]
+        shown = "-" if value is None else f"{100 * value:.1f}%"
+        counts = " ".join(f"{record['trials'][s]:>9}" for s in STATES)
+        lines.append(f"{record['study']:<{width}} {counts}  {shown}")
+    return "\n".join(lines)
+
+
 class StatusCommand(Command):
-    """Show each method's trials by state and what is left to run."""
+    """Show each method's trials by state and what is left to run.
+
+    As a table, or (--format json, yaml) one record per study: spec, condition, repeat,
+    method, whether it was created, its trials by state and its best trial.
+    """
 
     name = "status"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         add_spec_arguments(parser)
+        parser.add_argument("--format", choices=STATUS_FORMATS, default="table")
 
     def run(self, args: argparse.Namespace) -> int:
-        from optuna.trial import TrialState
-
-        from tether.search.execution.studies import best_trial
-        from tether.search.execution.studies import find_studies
-
         specs, storage = open_selected(args, every=False)
-        methods = selected_methods(specs[0], args)
-        states = (
-            TrialState.COMPLETE,
-            TrialState.PRUNED,
-            TrialState.FAIL,
-            TrialState.RUNNING,
-            TrialState.WAITING,
+        records = status_records(specs, storage, selected_methods(specs[0], args))
+        if args.format == "json":
+            import json
+
+            print(json.dumps(records, indent=2))
+        elif args.format == "yaml":
+            import yaml
+
+            print(yaml.safe_dump(records, sort_keys=False), end="")
+        else:
+            print(status_table(records))
+        return EXIT_OK
+
+
+class ExportCommand(Command):
+    """Write every trial of the spec's studies to one table: CSV, or Parquet by the suffix.
+
+    One row per trial, with the columns of Optuna's Study.trials_dataframe() (number, value,
+    datetime_start, datetime_complete, duration, params_<name>, user_attrs_<key>, state)
+    after study, spec, condition, repeat and method. The user attributes are the scalars:
+    seconds, device, test accuracy, ...; and one column per layer group for the distances
+    moved (user_attrs_distances_<group>) and the radii learned
+    (user_attrs_learned_radii_absolute_<group>). Needs pandas, and pyarrow for Parquet:
+    install tether[export].
+    """
+
+    name = "export"
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        add_spec_arguments(parser)
+        parser.add_argument(
+            "--output",
+            "-o",
+            default="-",
+            help="trials.csv, trials.parquet, or - for CSV on stdout (the default)",
         )
-        found = find_studies(specs, storage, methods)
-        width = max(32, *(len(spec.study_name(method)) for spec, method, _ in found))
-        print(
-            f"{'study':<{width}} "
-            + " ".join(f"{s.name.lower():>9}" for s in states)
-            + "  best val"
-        )
-        for spec, method, study in found:
-            name = spec.study_name(method)
-            if study is None:
-                print(f"{name:<{width}} (not created)")
-                continue
-            trials = study.get_trials(deepcopy=False)
-            counts = [sum(t.state == s for t in trials) for s in states]
-            best = best_trial(study)
-            shown = "-" if best is None or best.value is None else f"{100 * best.value:.1f}%"
-            print(f"{name:<{width}} " + " ".join(f"{c:>9}" for c in counts) + f"  {shown}")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from tether.search.results.export import STDOUT
+        from tether.search.results.export import export_format
+        from tether.search.results.export import require_writer
+        from tether.search.results.export import trial_records
+        from tether.search.results.export import write_trials
+
+        require_writer(export_format(args.output))
+        specs, storage = open_selected(args, every=False)
+        records = trial_records(specs, storage, selected_methods(specs[0], args))
+        write_trials(records, args.output)
+        if args.output != STDOUT:
+            trials, studies = len(records), len({r["study"] for r in records})
+            print(
+                f"exported {trials} {'trial' if trials == 1 else 'trials'} of {studies} "
+                f"{'study' if studies == 1 else 'studies'}",
+                file=sys.stderr,
+            )
+            print(args.output)
         return EXIT_OK

@@ -4,7 +4,7 @@ One row per method: trials (complete / pruned / failed); the configuration the r
 (the trial the evaluation re-ran, else the search's best) with its validation accuracy; the
 test accuracy of the evaluation, mean +- std over seeds and the 95 % Student-t interval of the
 mean; the paired difference to a baseline method; and the compute spent, device-seconds of the
-search and of the evaluation and where they ran. As text, markdown, CSV, JSON or HTML.
+search and of the evaluation and where they ran. As text, markdown, CSV, JSON, LaTeX or HTML.
 
 The difference to the baseline pairs the runs of one evaluation seed: a seed fixes the split,
 the label noise and the initialisation, so ``d_s = a_s - b_s`` over the seeds ``s`` both
@@ -485,9 +485,59 @@ def as_json(rows: Sequence[Row]) -> str:
     return json.dumps([as_record(r) for r in [*rows, *across_searches(rows)]], indent=2)
 
 
+LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+"""The characters LaTeX reads as commands, and how each is typeset literally."""
+
+
+def latex_escape(text: str) -> str:
+    r"""``text`` as LaTeX typesets it: :data:`LATEX_SPECIALS` escaped, `` +- `` as ``$\pm$``.
+
+    Example:
+        >>> print(latex_escape("test % mean +- std, clean_0 ~r1"))
+        test \% mean $\pm$ std, clean\_0 \textasciitilde{}r1
+    """
+    escaped = "".join(LATEX_SPECIALS.get(c, c) for c in text)
+    return escaped.replace(" +- ", r" $\pm$ ")
+
+
+LATEX_LEFT = frozenset({"condition", "method", "configuration", "device"})
+"""The columns of words, set flush left; the numbers' are flush right."""
+
+
+def as_latex(rows: Sequence[Row]) -> str:
+    r"""The table as a LaTeX ``tabular`` with booktabs rules (``\usepackage{booktabs}``), for a
+    paper: the text table's columns and cells, escaped by :func:`latex_escape`. With repeats,
+    a second ``tabular`` across searches follows, its title a comment above it."""
+
+    def line(cells: Sequence[str]) -> str:
+        return " & ".join(latex_escape(c) for c in cells) + r" \\"
+
+    blocks = []
+    for title, (header, *body) in _tables(rows):
+        align = "".join("l" if name in LATEX_LEFT else "r" for name in header)
+        lines = [] if title is None else [f"% {title}"]
+        lines += [rf"\begin{{tabular}}{{{align}}}", r"\toprule", line(header), r"\midrule"]
+        lines += [line(cells) for cells in body]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 FORMATS: dict[str, Callable[[Sequence[Row]], str]] = {
     "text": as_text,
     "markdown": as_markdown,
     "csv": as_csv,
     "json": as_json,
+    "latex": as_latex,
 }
