@@ -50,6 +50,8 @@ class NaiveProjection:
             radius = torch.tensor(radii[target.group], dtype=param.dtype, device=param.device)
             if target.kind == "matrix":
                 w0 = torch.zeros_like(w0) if target.group == HEAD else w0
+                if target.transposed:  # a Conv1D [in, out]: its rows are the columns
+                    param, w0 = param.T, w0.T
                 if relative and target.group != HEAD:
                     radius = radius * self._norms(w0)
                 self.matrices.append((param, w0, radius))

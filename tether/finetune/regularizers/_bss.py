@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from tether.errors import ConfigError
+from tether.finetune.layers import unwrap
 from tether.finetune.regularizers._base import BasePenalty
 
 
@@ -67,7 +68,8 @@ class BatchSpectralShrinkage(BasePenalty):
     not keep the penalty alive.
 
     Args:
-        model: the network.
+        model: the network; a DataParallel, DistributedDataParallel or ``torch.compile``
+            wrapper is looked through (``head`` names the inner model's module).
         head: dotted name of the new head module, whose input are the features.
         eta: the trade-off (``penalty.alpha`` in a recipe).
         k: how many of the smallest singular values to shrink; clamped to ``min(b, d)``.
@@ -90,7 +92,7 @@ class BatchSpectralShrinkage(BasePenalty):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ConfigError(f"penalty.k must be an integer >= 1, got {k!r}")
         try:
-            module = model.get_submodule(head)
+            module = unwrap(model).get_submodule(head)
         except AttributeError:
             raise ConfigError(
                 f"the model has no module named {head!r} to use as the head"

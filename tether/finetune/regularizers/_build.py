@@ -6,12 +6,14 @@ imported only when a run builds its regularisers.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from torch import nn
 
 from tether.finetune.layers import LayerGroups
 from tether.finetune.layers import geometric_radii
+from tether.finetune.layers import unwrap
 from tether.finetune.regularizers._base import BasePenalty
 from tether.finetune.regularizers._base import BaseProjection
 from tether.finetune.regularizers._base import NoConstraint
@@ -29,8 +31,12 @@ if TYPE_CHECKING:
 
 
 def build_penalty(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:
-    """The penalty a recipe names, built for one run (:mod:`.penalties` holds the names)."""
-    return penalty_info(cfg.name).builder()(cfg, ctx)
+    """The penalty a recipe names, built for one run (:mod:`.penalties` holds the names).
+
+    A DataParallel, DistributedDataParallel or ``torch.compile`` wrapper around ``ctx.model``
+    is looked through: every builder sees the inner model and its names.
+    """
+    return penalty_info(cfg.name).builder()(cfg, replace(ctx, model=unwrap(ctx.model)))
 
 
 def no_penalty(cfg: PenaltyConfig, ctx: PenaltyContext) -> BasePenalty:

@@ -82,7 +82,9 @@ class DistanceConstraint(BaseProjection):
     rescaling by the Euclidean projection onto each row's l1 ball (Duchi et al. 2008); for
     ``frob`` the two coincide. BatchNorm gamma is clipped element-wise through its diagonal
     ``gamma / sqrt(running_var + 1e-6)``, whatever the norm, as in the reference code;
-    biases and BatchNorm beta stay free.
+    biases and BatchNorm beta stay free. A transformers ``Conv1D`` (GPT-2), whose weight is
+    stored transposed, ``[in, out]``, is measured as the ``nn.Linear`` with weight ``W.T``: its
+    rows are the stored tensor's columns.
 
     The constraint follows the model: built before or after ``model.to(device)`` (or
     ``.double()``, ``channels_last``), W0 moves where the weights live. A DataParallel,

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
+from dataclasses import replace
 import math
 from typing import Any
 
@@ -34,6 +35,7 @@ from torch import nn
 
 from tether.errors import ConfigError
 from tether.finetune.layers import LayerGroups
+from tether.finetune.layers import unwrap
 from tether.finetune.regularizers._base import BasePenalty
 from tether.finetune.regularizers._context import PenaltyContext
 from tether.finetune.regularizers._delta_scores import _check_layers
@@ -144,7 +146,9 @@ class DeltaPenalty(BasePenalty):
     in ``train()`` mode, BatchNorm's batch statistics make ``Omega'`` nonzero even at ``W0``.
 
     Args:
-        model: the network, holding ``W0`` now.
+        model: the network, holding ``W0`` now; a DataParallel, DistributedDataParallel or
+            ``torch.compile`` wrapper is looked through (``head`` and ``layers`` name the
+            inner model's modules, whose hooks fire when the wrapper runs).
         head: dotted name of the new head module.
         alpha: weight of the feature-map term (``penalty.alpha``).
         beta: weight of the head term (``penalty.beta``).
@@ -179,6 +183,7 @@ class DeltaPenalty(BasePenalty):
         layers: Sequence[str],
         scores: Mapping[str, torch.Tensor],
     ) -> None:
+        model = unwrap(model)
         self.alpha = _check_weight(alpha, "penalty.alpha")
         self.beta = _check_weight(beta, "penalty.beta")
         self.layers = _check_layers(model, layers)
@@ -262,6 +267,7 @@ def build_delta(
     """
     _check_weight(alpha, "penalty.alpha")
     _check_weight(beta, "penalty.beta")
+    ctx = replace(ctx, model=unwrap(ctx.model))
     names = (
         _check_layers(ctx.model, layers) if layers else default_delta_layers(ctx.model, ctx.groups)
     )

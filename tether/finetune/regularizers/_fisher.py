@@ -39,6 +39,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
+from dataclasses import replace
 import math
 from pathlib import Path
 import sys
@@ -56,6 +57,7 @@ from tether.files import atomic_write
 from tether.finetune._determinism import cache_threads
 from tether.finetune._determinism import kernel_identity
 from tether.finetune.layers import HEAD
+from tether.finetune.layers import unwrap
 from tether.finetune.regularizers._context import PenaltyContext
 from tether.finetune.regularizers._context import SourceTask
 from tether.finetune.regularizers._delta_scores import logits_of
@@ -334,6 +336,7 @@ def build_fisher(
     """
     if not (math.isfinite(epsilon) and epsilon >= 0):
         raise ConfigError(f"penalty.fisher_epsilon must be a finite number >= 0, got {epsilon!r}")
+    ctx = replace(ctx, model=unwrap(ctx.model))
     importance = None
     if alpha > 0:
         fisher = source_fisher(ctx, samples=samples)

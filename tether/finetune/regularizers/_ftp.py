@@ -22,6 +22,16 @@ Tether's own convention). Excluded and free tensors take the plain step.
 
 A parameter without a gradient on a step is not moved by the base optimiser; its radius and
 radius state stay as they were, so it corrupts nothing.
+
+FTP is an optimiser like any other in a loop of your own: it shares the base optimiser's
+``param_groups`` and ``state``, so a learning-rate scheduler, ``GradScaler.step`` (and
+``unscale_`` before gradient clipping; a step it skips for an inf changes neither weights nor
+radii) and ``state_dict`` work on it; the parameters of a DataParallel,
+DistributedDataParallel or compiled model are the inner model's, so pass them and exclude the
+head by identity as for a bare model. The reference rule reads a stored tensor's rows: for a
+model with transformers ``Conv1D`` layers (weights stored ``[in, out]``), pass
+``constrained`` from :func:`~tether.finetune.regularizers._learned.constrained_tensors`, which
+reads those by their columns (output units).
 """
 
 from __future__ import annotations

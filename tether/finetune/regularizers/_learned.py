@@ -10,6 +10,9 @@ Two conventions choose the tensors (``constraint.tensors``):
   ``gamma / sqrt(running_var + 1e-6)`` (the running variance read afresh at every step),
   LayerNorm and GroupNorm scales element-wise, biases and shifts free.
 
+Under both, a weight stored transposed (transformers' ``Conv1D``, ``[in, out]``) is read by its
+columns, its output units (layout ``columns``), as the fixed-radius constraint reads it.
+
 The head is found by identity (the parameters of the head module), so a wrapper that prefixes
 every name (``module.`` of DistributedDataParallel) cannot make it constrained.
 """
@@ -25,12 +28,14 @@ from torch import nn
 
 from tether.finetune.layers import HEAD
 from tether.finetune.layers import LayerGroups
+from tether.finetune.layers import unwrap
 from tether.finetune.regularizers._rowset import Layout
 from tether.finetune.regularizers._rowset import Multiplier
 from tether.finetune.regularizers._rowset import RowSet
 from tether.finetune.regularizers._targets import BN_EPS
 from tether.finetune.regularizers._targets import Target
 from tether.finetune.regularizers._targets import collect_targets
+from tether.finetune.regularizers._targets import is_transposed_linear
 
 
 Convention = Literal["reference", "tether"]
@@ -50,23 +55,32 @@ class Constrained:
 def constrained_tensors(
     model: nn.Module, groups: LayerGroups, *, head: str, convention: Convention = "reference"
 ) -> list[Constrained]:
-    """The tensors a learned-radius method constrains in ``model`` (see the module docstring)."""
+    """The tensors a learned-radius method constrains in ``model`` (see the module docstring);
+    a DataParallel, DistributedDataParallel or ``torch.compile`` wrapper is looked through."""
+    model = unwrap(model)
     if convention == "tether":
         return [
-            Constrained(
-                t.param, "rows" if t.kind == "matrix" else "elements", t.group, _diagonal(t)
-            )
+            Constrained(t.param, _layout(t), t.group, _diagonal(t))
             for t in collect_targets(model, groups)
             if t.group != HEAD
         ]
     skip = {id(p) for p in model.get_submodule(head).parameters()}
+    transposed = {id(m.weight) for m in model.modules() if is_transposed_linear(m)}
     out = []
     for name, param in model.named_parameters():
         if not param.requires_grad or id(param) in skip:
             continue
         layout: Layout = "rows" if param.dim() >= 2 else "whole"
+        if id(param) in transposed:
+            layout = "columns"
         out.append(Constrained(param, layout, groups.group_of(name) or groups.extractor[0]))
     return out
+
+
+def _layout(target: Target) -> Layout:
+    if target.kind != "matrix":
+        return "elements"
+    return "columns" if target.transposed else "rows"
 
 
 def _diagonal(target: Target) -> Multiplier | None:

@@ -30,6 +30,12 @@ On other devices a block is one chunk and nothing is read back to the host: kern
 dominate there, six to eight per block (ResNet-101: 11 row blocks and one BatchNorm block).
 
 Element-wise (BatchNorm / LayerNorm) targets form one small diagonal block per device.
+
+A weight stored transposed (transformers' ``Conv1D``, ``[in, out]``) enters through the strided
+view ``W.T`` (:meth:`Target.rows`): every step above reads and writes through views and
+``out=`` arguments, never ``view``, so its rows need no copy; a chunk of its own gets its
+``t`` buffer in the same strides, so that step 1 runs over memory in order rather than
+across it.
 """
 
 from __future__ import annotations
@@ -46,7 +52,6 @@ from tether.finetune.regularizers._diagonal import all_infinite
 from tether.finetune.regularizers._l1ball import project_rows_l1
 from tether.finetune.regularizers._reference import Reference
 from tether.finetune.regularizers._targets import Target
-from tether.finetune.regularizers._targets import row_view
 from tether.finetune.regularizers.config import NORMS
 from tether.finetune.regularizers.config import Norm
 
@@ -99,16 +104,21 @@ class _Workspace:
                 torch.empty(rows, device=device, dtype=dtype),
             )
 
-    def buffers(self, rows: int, length: int, *, packed: bool) -> _Buffers:
+    def buffers(self, rows: int, length: int, *, packed: bool, transposed: bool) -> _Buffers:
+        """Views for a ``[rows, length]`` chunk; ``transposed``: offsets stored ``[length,
+        rows]`` and viewed ``.T``, strided as the rows of a transposed weight are."""
+        shape = (length, rows) if transposed else (rows, length)
         if self._flat is None:
-            offsets = torch.empty((rows, length), device=self.device, dtype=self.dtype)
+            offsets = torch.empty(shape, device=self.device, dtype=self.dtype)
             gathered = torch.empty_like(offsets) if packed else None
             norms = torch.empty((rows,), device=self.device, dtype=self.dtype)
         else:
             n = rows * length
-            offsets = self._flat[0][:n].view(rows, length)
-            gathered = self._flat[1][:n].view(rows, length) if packed else None
+            offsets = self._flat[0][:n].view(shape)
+            gathered = self._flat[1][:n].view(shape) if packed else None
             norms = self._flat[2][:rows]
+        if transposed:
+            offsets = offsets.T
         return _Buffers(offsets, gathered, norms, norms.unsqueeze(1))
 
 
@@ -143,14 +153,20 @@ class _RowBlock:
         """Take scratch space from ``work`` (views made once when it is persistent)."""
         self._work = work
         if work.persistent:
-            self._buffers = work.buffers(self.n_rows, self.length, packed=self.packed)
+            self._buffers = self._buffers_from(work)
 
     def _scratch(self) -> _Buffers:
         if self._buffers is not None:
             return self._buffers
         if self._work is None:
             raise RuntimeError("a row block needs a workspace (attach) before use")
-        return self._work.buffers(self.n_rows, self.length, packed=self.packed)
+        return self._buffers_from(self._work)
+
+    def _buffers_from(self, work: _Workspace) -> _Buffers:
+        """A transposed weight alone in its chunk gets offsets in its own strides, so that
+        ``W - W0`` runs over memory in order (a packed chunk gathers contiguous rows)."""
+        transposed = not self.packed and not self.whole and self.segments[0].target.transposed
+        return work.buffers(self.n_rows, self.length, packed=self.packed, transposed=transposed)
 
     def refresh_views(self) -> None:
         """Take the parameters' row views again (after their storage was replaced).
@@ -160,7 +176,7 @@ class _RowBlock:
         """
         params = [s.target.param.detach() for s in self.segments]
         self.views = [
-            row_view(p, whole=self.whole)[s.start : s.stop]
+            s.target.rows(p, whole=self.whole)[s.start : s.stop]
             for p, s in zip(params, self.segments, strict=True)
         ]
         strides = [p.stride() for p in params]
@@ -173,10 +189,10 @@ class _RowBlock:
         refs = []
         for p, s in zip(params, self.segments, strict=True):
             ref = self._reference.weight(s.target.name)
-            rows = row_view(ref, whole=self.whole)[s.start : s.stop]
+            rows = s.target.rows(ref, whole=self.whole)[s.start : s.stop]
             if ref.stride() != p.stride():  # store it in the parameter's layout
                 like = torch.empty_like(p).copy_(ref)
-                rows = row_view(like, whole=self.whole)[s.start : s.stop].clone()
+                rows = s.target.rows(like, whole=self.whole)[s.start : s.stop].clone()
             refs.append(rows)
         if len(refs) == 1 and self.segments[0].target.group != "head":
             return refs[0]  # no second copy of a tensor that is a chunk on its own
@@ -291,7 +307,7 @@ class ProjectionPlan:
         for target in self._targets:
             p = target.param
             if target.kind == "matrix":
-                length = p.numel() if whole else p.numel() // max(p.shape[0], 1)
+                length = p.numel() if whole else p.numel() // max(target.n_rows, 1)
                 matrices.setdefault((p.device, p.dtype, length), []).append(target)
             else:
                 scaled = target.running_var() is not None
@@ -429,7 +445,7 @@ def _chunks(
     """
 
     def rows(target: Target) -> int:
-        return 1 if whole else target.param.shape[0]
+        return 1 if whole else target.n_rows
 
     if not limit:
         return [[_Segment(t, 0, rows(t)) for t in members]]

@@ -7,10 +7,12 @@ length, device and dtype into ``[R, L]`` blocks (one ``cat`` gathers a block) wi
 the index of its tensor, so that a whole step is a handful of batched ops per block and a
 ``scatter`` per block to or from the per-tensor vectors: no loop of small kernels per tensor.
 
-A tensor is read in one of three layouts:
+A tensor is read in one of four layouts:
 
 * ``rows``: one row per output unit (a conv weight ``[out, in, kh, kw]`` has ``out`` rows of
   ``in * kh * kw``), the MARS rows;
+* ``columns``: the MARS rows of a matrix stored transposed, ``[in, out]`` (transformers'
+  ``Conv1D``): one row per column, read through the strided view ``W.T``;
 * ``whole``: the whole tensor as one row (a bias under the reference's ``mars`` rule, which
   sums over every dimension of a 1-D tensor; any tensor under ``frob``);
 * ``elements``: every entry its own row (normalisation scales, element-wise).
@@ -43,7 +45,7 @@ import torch
 from tether.finetune.regularizers._targets import row_view
 
 
-Layout = Literal["rows", "whole", "elements"]
+Layout = Literal["rows", "columns", "whole", "elements"]
 RowNorm = Literal["l1", "l2"]
 
 EPS = 1e-8
@@ -54,6 +56,8 @@ Multiplier = Callable[[], torch.Tensor]
 
 
 def _rows_of(tensor: torch.Tensor, layout: Layout) -> torch.Tensor:
+    if layout == "columns":
+        return row_view(tensor, whole=False, transposed=True)
     if layout == "elements":
         return tensor.reshape(-1, 1) if tensor.is_contiguous() else row_view(tensor, whole=True).T
     return row_view(tensor, whole=layout == "whole" or tensor.dim() < 2)
@@ -232,6 +236,8 @@ class RowSet:
 
 def _unrows(rows: torch.Tensor, like: torch.Tensor, layout: Layout) -> torch.Tensor:
     """The inverse of :func:`_rows_of` for a tensor shaped and strided as ``like``."""
+    if layout == "columns":
+        return rows.T
     if like.is_contiguous():
         return rows.reshape(like.shape)
     # channels-last conv weight: rows are [out, kh, kw, in]

@@ -14,11 +14,13 @@ from tether.errors import ConfigError
 from tether.finetune.layers import HEAD
 from tether.finetune.layers import LayerGroups
 from tether.finetune.layers import layer_groups
+from tether.finetune.layers import unwrap
 from tether.finetune.regularizers._base import BasePenalty
 from tether.finetune.regularizers._reference import Reference
+from tether.finetune.regularizers._targets import Kind
 from tether.finetune.regularizers._targets import Target
 from tether.finetune.regularizers._targets import collect_targets
-from tether.finetune.regularizers._targets import row_view
+from tether.finetune.regularizers._targets import is_transposed_linear
 
 
 Distance = Literal["squared", "l1", "mars"]
@@ -46,7 +48,9 @@ class DistancePenalty(BasePenalty):
       ``beta * max_j ||W_head,j||_1`` (not squared), gammas as ``sum_i |g_i - g0_i|``.
 
     Args:
-        model: the network, its current weights taken as W0.
+        model: the network, its current weights taken as W0; a DataParallel,
+            DistributedDataParallel or ``torch.compile`` wrapper is looked through (group,
+            head and parameter names are the inner model's).
         head: dotted name of the new head (measured from zero).
         distance: of the pretrained layers' term: ``"squared"`` (sum of squares), ``"l1"``
             (sum of absolute values) or ``"mars"`` (max absolute row sum, per tensor).
@@ -89,6 +93,7 @@ class DistancePenalty(BasePenalty):
         head_distance: Distance | None = None,
         importance: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
+        model = unwrap(model)
         for key, value in (("alpha", alpha), ("beta", beta)):
             if not value >= 0:
                 raise ConfigError(f"penalty.{key} must be >= 0, got {value!r}")
@@ -172,17 +177,15 @@ def _mars(targets: Sequence[Target], reference: Reference | None) -> torch.Tenso
     by_length: dict[int, list[Target]] = {}
     for t in targets:
         if t.kind == "matrix":
-            by_length.setdefault(t.param.numel() // t.param.shape[0], []).append(t)
+            by_length.setdefault(t.param.numel() // t.n_rows, []).append(t)
     for members in by_length.values():
-        rows = torch.cat([row_view(t.param, whole=False) for t in members])
+        rows = torch.cat([t.rows(t.param) for t in members])
         if reference is not None:
-            rows = rows - torch.cat(
-                [row_view(reference.weight(t.name), whole=False) for t in members]
-            )
+            rows = rows - torch.cat([t.rows(reference.weight(t.name)) for t in members])
         norms = rows.abs().sum(dim=1)
         owner = torch.repeat_interleave(
             torch.arange(len(members), device=norms.device),
-            torch.tensor([t.param.shape[0] for t in members], device=norms.device),
+            torch.tensor([t.n_rows for t in members], device=norms.device),
         )
         per_tensor = torch.zeros(len(members), device=norms.device, dtype=norms.dtype)
         terms.append(per_tensor.scatter_reduce(0, owner, norms, "amax", include_self=False))
@@ -207,6 +210,9 @@ def penalised_targets(
         group = groups.group_of(name)
         if group is None or (group == HEAD and not name.endswith("weight")):
             continue
-        module = owners[name.rpartition(".")[0]]
-        out.append(Target(name, group, param, "matrix" if param.dim() >= 2 else "diag", module))
+        owner, _, attr = name.rpartition(".")
+        module = owners[owner]
+        kind: Kind = "matrix" if param.dim() >= 2 else "diag"
+        transposed = attr == "weight" and is_transposed_linear(module)
+        out.append(Target(name, group, param, kind, module, transposed))
     return out

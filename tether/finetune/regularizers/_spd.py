@@ -15,6 +15,10 @@ A tensor with ``s >= 0``, or ``lam = 0``, takes the plain Adam step bit for bit.
 pretrained value is zero by construction) and stores no copy. The norms, dot products and the
 update are batched over all tensors (``torch._foreach_*``); the dot products are one fused
 kernel per tensor.
+
+Like FTP, SPD shares Adam's ``param_groups`` and ``state``: a scheduler, ``GradScaler.step``
+and ``state_dict`` work on it, and the parameters of a DataParallel, DistributedDataParallel or
+compiled model are the inner model's (exclude the head by identity).
 """
 
 from __future__ import annotations

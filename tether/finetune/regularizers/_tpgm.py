@@ -19,6 +19,14 @@ Then the real weights are projected with the updated radii; on other steps with 
 ones (none before the first update). The held-out batches must come from a split carved from
 the training images: never the validation split a search selects on.
 
+In a training loop of your own, :meth:`TPGM.attach` runs all of this after every
+``optimizer.step()`` (a step a ``GradScaler`` skips counts for nothing); the held-out batches
+are a function that returns the next one, or any iterable of ``(inputs, labels)`` (a
+``DataLoader``, a list), passed over again and again. A DataParallel,
+DistributedDataParallel or ``torch.compile`` wrapper is looked through: the held-out forward
+runs on the inner model, on each process alone, so under DistributedDataParallel every
+process must draw the same held-out batches (the same seed) to keep the same radii.
+
 :meth:`TPGM.fit` is the post-hoc variant: after an ordinary fine-tune, many radius updates
 between W0 and the finished weights, then one projection (with ``norm="frob"``, a learned
 per-tensor WiSE-FT: ``W0 + min(1, g / ||D||) D``).
@@ -27,6 +35,8 @@ per-tensor WiSE-FT: ``W0 + min(1, g / ||D||) D``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
 from collections.abc import Sequence
 import contextlib
 from typing import Literal
@@ -36,6 +46,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from tether.errors import ConfigError
+from tether.finetune.layers import unwrap
 from tether.finetune.regularizers._base import BaseProjection
 from tether.finetune.regularizers._ftp import RadiusAdam
 from tether.finetune.regularizers._rowset import EPS
@@ -49,17 +60,53 @@ from tether.finetune.regularizers.config import Norm
 Init = Literal["tight", "loose"]
 INITS: tuple[Init, ...] = ("tight", "loose")
 Batch = tuple[torch.Tensor, torch.Tensor]
+HeldOut = Callable[[], Batch] | Iterable[Batch]
+"""The held-out batches: a function that returns the next, or an iterable passed over again."""
+
+
+def next_batch_function(heldout: HeldOut) -> Callable[[], Batch]:
+    """``heldout`` as a function that returns the next batch, endlessly.
+
+    A function is returned as it is; an iterable (a ``DataLoader``, a list) is passed over
+    again and again, a fresh iterator each pass (a shuffling ``DataLoader`` reshuffles).
+
+    Example:
+        >>> batches = next_batch_function([(torch.zeros(1), None), (torch.ones(1), None)])
+        >>> [float(batches()[0]) for _ in range(3)]
+        [0.0, 1.0, 0.0]
+    """
+    if callable(heldout):
+        return heldout
+    iterator: Iterator[Batch] = iter(())
+
+    def next_batch() -> Batch:
+        nonlocal iterator
+        for _ in range(2):
+            try:
+                return next(iterator)
+            except StopIteration:
+                iterator = iter(heldout)
+        raise ConfigError(
+            "TPGM's held-out batches ran out: pass a list, a DataLoader or a function, "
+            "not a one-pass iterator or an empty one"
+        )
+
+    return next_batch
 
 
 class TPGM(BaseProjection):
     """Projection onto balls whose radii are learned on held-out batches.
 
     Args:
-        model: the network; its current weights are W0.
+        model: the network; its current weights are W0. A DataParallel,
+            DistributedDataParallel or ``torch.compile`` wrapper is looked through.
         constrained: ``(parameter, layout)`` pairs (:func:`~tether.finetune.regularizers.
-            _ftp.tether_layouts`, or every parameter but the head with ``rows`` / ``whole``).
-        heldout: returns the next held-out batch ``(inputs, labels)``, inputs ready for the
-            model and on its device.
+            _learned.constrained_tensors` gives them, or every parameter but the head with
+            ``rows`` / ``whole``).
+        heldout: held-out batches ``(inputs, labels)``, inputs ready for the model: a
+            function that returns the next, or an iterable passed over again and again
+            (:func:`next_batch_function`); moved to the device of the model's first
+            parameter.
         norm: ``mars`` (l1 rows; a 1-D tensor is one row) or ``frob`` (whole tensors, l2).
         every: update the radii every this many steps (``proj_freq``).
         iters: radius updates per update step.
@@ -67,6 +114,22 @@ class TPGM(BaseProjection):
         init: ``tight`` (the reference) or ``loose``.
         autocast: the context the held-out forward runs in (mixed precision on CUDA).
         multipliers: one :data:`~._rowset.Multiplier` or ``None`` per constrained tensor.
+
+    Example:
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        >>> heldout = [(torch.randn(8, 4), torch.randint(0, 3, (8,)))]  # or a DataLoader
+        >>> tpgm = TPGM(model, [(model[0].weight, "rows")], heldout=heldout, every=2)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> handle = tpgm.attach(optimizer)  # after every step; radii every 2nd
+        >>> x, y = torch.randn(8, 4), torch.zeros(8, dtype=torch.long)
+        >>> for _ in range(2):
+        ...     optimizer.zero_grad()
+        ...     F.cross_entropy(model(x), y).backward()
+        ...     optimizer.step()
+        >>> tpgm.updates, tuple(tpgm.radii.shape)
+        (1, (1,))
     """
 
     def __init__(
@@ -74,7 +137,7 @@ class TPGM(BaseProjection):
         model: nn.Module,
         constrained: Sequence[tuple[torch.Tensor, Layout]],
         *,
-        heldout: Callable[[], Batch],
+        heldout: HeldOut,
         norm: Norm = "mars",
         every: int = 1,
         iters: int = 1,
@@ -89,12 +152,12 @@ class TPGM(BaseProjection):
             raise ConfigError(f"TPGM's iters must be an integer >= 1, got {iters!r}")
         if init not in INITS:
             raise ConfigError(f"TPGM's init must be one of {', '.join(INITS)}, got {init!r}")
-        self.model = model
-        self.heldout = heldout
+        self.model = unwrap(model)
+        self.heldout = next_batch_function(heldout)
         self.norm = norm
         self.every, self.iters, self.init = every, iters, init
         self.autocast = autocast
-        names = {id(p): name for name, p in model.named_parameters()}
+        names = {id(p): name for name, p in self.model.named_parameters()}
         self.names = [names[id(p)] for p, _ in constrained]
         layouts: list[Layout] = [
             "whole" if norm == "frob" else layout for _, layout in constrained
@@ -116,10 +179,18 @@ class TPGM(BaseProjection):
         ord_: RowNorm = "l1" if self.norm == "mars" else "l2"
         return weights, offsets, self.rows.row_norms(offsets, ord_)
 
+    def _heldout_batch(self) -> Batch:
+        """The next held-out batch, on the device of the model's first parameter."""
+        inputs, labels = self.heldout()
+        first = next(self.model.parameters(), None)
+        if first is None:
+            return inputs, labels
+        return inputs.to(first.device), labels.to(first.device)
+
     def _loss_gradient(self, tilde: list[torch.Tensor]) -> list[torch.Tensor]:
         """``dL/dW~`` per block, from one held-out batch in eval mode."""
         leaves = [t.detach().requires_grad_() for t in tilde]
-        inputs, labels = self.heldout()
+        inputs, labels = self._heldout_batch()
         was_training = self.model.training
         self.model.eval()
         try:
