@@ -1,9 +1,10 @@
 """A spec's studies in a storage: created once, checked, found, loaded, deleted.
 
 A spec's method ``m`` is the Optuna study ``<spec name>/m``. Creating it stores the spec, its
-fingerprint (search space and base recipe) and the code's versions on the study, and enqueues
-the budget once (:mod:`~tether.search.execution.tickets`), under a lock so that creators
-started at once do it once (:func:`~tether.search.storage.creation_lock`). A warm-started
+fingerprint (search space and base recipe), the code's versions and the metric's name
+(:data:`METRIC_NAMES`) on the study, and enqueues the budget once
+(:mod:`~tether.search.execution.tickets`), under a lock so that creators started at once do
+it once (:func:`~tether.search.storage.creation_lock`). A warm-started
 method's budget waits for its source's trials (:func:`enqueue_warm_start`), since its first
 ticket holds the radii they learn. Every process that later works on the study checks it was
 made from the same search space and by the same Optuna major.
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from typing import Any
+import warnings
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -35,6 +37,9 @@ from tether.version import __version__
 if TYPE_CHECKING:
     from tether.search.spec import StudySpec
 
+
+METRIC_NAMES = ("val accuracy",)
+"""What a trial's value is, as optuna-dashboard and Optuna's plots label it."""
 
 SPEC_ATTR = "tether:spec"
 FINGERPRINT_ATTR = "tether:fingerprint"
@@ -84,6 +89,7 @@ def create_studies(
                 direction="maximize",
                 load_if_exists=True,
             )
+            name_metric(study)
             if FINGERPRINT_ATTR not in study.user_attrs:
                 study.set_user_attr(SPEC_ATTR, spec.to_dict())
                 study.set_user_attr(FINGERPRINT_ATTR, spec.fingerprint(method))
@@ -96,6 +102,15 @@ def create_studies(
                 enqueue_tickets(study, n_trials=spec.n_trials(method), known=points)
             studies.append(study)
     return studies
+
+
+def name_metric(study: optuna.Study) -> None:
+    """Label the study's value :data:`METRIC_NAMES` (optuna-dashboard then says "val accuracy",
+    not "Objective 0"); written only where it differs, so calling it again costs a read."""
+    if study.metric_names != list(METRIC_NAMES):
+        with warnings.catch_warnings():  # experimental since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(METRIC_NAMES))
 
 
 def enqueue_warm_start(
