@@ -91,9 +91,10 @@ class CompareCommand(Command):
 
 
 class ReportCommand(Command):
-    """Write one self-contained HTML file: the comparison table and plotly figures.
+    """Write one self-contained HTML file: the comparison table, the setup, then the figures.
 
-    Cost against test accuracy for every method first, then each method's search.
+    The methods compared first (one panel per condition and repeat), then each search's
+    figures, Optuna's among them.
     """
 
     name = "report"

@@ -90,6 +90,15 @@ def test_new_starting_points_and_budgets_keep_the_study(tmp_path: Path) -> None:
     assert len(study.trials) == 2
 
 
+def test_a_created_study_labels_its_value_val_accuracy_and_keeps_it() -> None:
+    storage = optuna.storages.InMemoryStorage()
+    (study,) = create_studies(_spec(), storage, groups=GROUPS)
+    assert study.metric_names == ["val accuracy"]
+    (again,) = create_studies(_spec(), storage, groups=GROUPS)  # joining: nothing changes
+    assert again.metric_names == ["val accuracy"]
+    assert len(again.get_trials(deepcopy=False)) == 2
+
+
 def test_a_worker_with_another_optuna_major_refuses_to_join(tmp_path: Path) -> None:
     storage = open_storage(f"sqlite:///{tmp_path}/s.db")
     (study,) = create_studies(_spec(), storage)
