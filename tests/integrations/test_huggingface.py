@@ -113,7 +113,7 @@ def test_training_moves_the_weights_as_the_plain_loop_does(tmp_path: Path) -> No
     _train(_vit(), callback, tmp_path)
     distances = callback.constraint.distances()
     radii = callback.constraint.radii  # type: ignore[attr-defined]
-    assert list(distances) == ["extractor", "head"]
+    assert list(distances) == ["embed", "blocks.0", "blocks.1", "neck", "head"]
     assert all(d <= radii[g] * (1 + 1e-5) for g, d in distances.items())
     assert any(d == pytest.approx(radii[g], rel=1e-5) for g, d in distances.items()), (
         "a step of rate 0.5 reaches the boundary: the projection acted"

@@ -16,8 +16,16 @@ ConvNeXt                  ``features.0`` (stem) .. ``features.7`` (stages, downs
 ViT                       ``embed`` (patch conv, class token, positions), then four
                           bands of encoder blocks ``blocks.0`` .. ``blocks.3``
 DigitsCNN                 ``block1`` .. ``block3``
+timm models               timm's own ``group_matcher(coarse=True)``: ``stem``, one
+                          group per stage named by its module (``layer1``,
+                          ``blocks.3``, ``stages.2``), ``neck`` (what timm leaves
+                          unmatched besides the classifier)
+transformers classifiers  ``embed`` (all before the encoder's layer list), four bands
+                          of layers ``blocks.0`` .. ``blocks.3``, ``neck`` (the rest)
 anything else             ``extractor``
 ========================  ==========================================================
+
+The timm and transformers rules come first: timm's classes share names with torchvision's.
 
 Example:
     >>> from torchvision.models import resnet18
@@ -122,6 +130,59 @@ def _children(model: nn.Module, names: Sequence[str]) -> dict[str, tuple[str, ..
     return {name: (name,) for name in names if hasattr(model, name)}
 
 
+def prefix_groups(
+    model: nn.Module, members: Mapping[str, Sequence[str]]
+) -> dict[str, tuple[str, ...]]:
+    """Groups given as parameter names, as the fewest module-name prefixes.
+
+    A module (or a parameter) becomes a prefix of a group when every parameter under it is a
+    member of that group; a parameter in no group keeps its modules out of every prefix.
+    For the rules of libraries whose groups are sets of parameters (timm, transformers).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+        >>> prefix_groups(model, {"a": ["0.weight", "0.bias", "1.0.bias"], "b": ["1.0.weight"]})
+        {'a': ('0', '1.0.bias'), 'b': ('1.0.weight',)}
+    """
+    owner = {param: group for group, params in members.items() for param in params}
+    names = [name for name, _ in model.named_parameters()]
+    below: dict[str, set[str | None]] = {}
+    for name in names:
+        for prefix in _ancestors(name):
+            below.setdefault(prefix, set()).add(owner.get(name))
+    chosen: dict[str, dict[str, None]] = {group: {} for group in members}
+    for name in names:
+        group = owner.get(name)
+        if group is not None:
+            prefix = next(p for p in _ancestors(name) if below[p] == {group})
+            chosen[group][prefix] = None
+    return {group: tuple(prefixes) for group, prefixes in chosen.items() if prefixes}
+
+
+def _ancestors(name: str) -> list[str]:
+    """``"a.b.c"`` -> ``["a", "a.b", "a.b.c"]``."""
+    parts = name.split(".")
+    return [".".join(parts[:end]) for end in range(1, len(parts) + 1)]
+
+
+def _from_library(library: str) -> Callable[[nn.Module], bool]:
+    return lambda model: any(c.__module__.split(".")[0] == library for c in type(model).__mro__)
+
+
+@register_groups("timm", _from_library("timm"))
+def _timm(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    from tether.finetune.models.timm_models import timm_groups
+
+    return timm_groups(model)
+
+
+@register_groups("transformers", _from_library("transformers"))
+def _transformers(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    from tether.finetune.models.hf_models import hf_groups
+
+    return hf_groups(model)
+
+
 @register_groups("resnet", _class_named("ResNet"))
 def _resnet(model: nn.Module) -> dict[str, tuple[str, ...]]:
     return {"stem": ("conv1", "bn1"), **_children(model, ["layer1", "layer2", "layer3", "layer4"])}
@@ -212,10 +273,8 @@ def layer_groups(model: nn.Module, *, head: str) -> LayerGroups:
         raise ConfigError(f"the model has no module named {head!r} to use as the head") from None
     for matches, rule in _RULES.values():
         if matches(model):
-            groups = rule(model)
-            owned = {
-                g: p for g, p in groups.items() if head not in p and _has_params(model, p, head)
-            }
+            groups = {g: tuple(x for x in p if x != head) for g, p in rule(model).items()}
+            owned = {g: p for g, p in groups.items() if _has_params(model, p, head)}
             return LayerGroups({**owned, HEAD: (head,)})
     return LayerGroups({"extractor": ("",), HEAD: (head,)})
 
@@ -225,7 +284,7 @@ def _has_params(model: nn.Module, prefixes: tuple[str, ...], head: str) -> bool:
     for name, _ in model.named_parameters():
         if name.startswith(head + "."):
             continue
-        if any(name.startswith(p + ".") or not p for p in prefixes):
+        if any(name == p or name.startswith(p + ".") or not p for p in prefixes):
             return True
     return False
 

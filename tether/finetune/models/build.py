@@ -14,11 +14,15 @@ from tether.finetune.models.checkpoint import load_backbone
 from tether.finetune.models.checkpoint import read_state_dict
 from tether.finetune.models.config import ModelConfig
 from tether.finetune.models.heads import check_head
+from tether.finetune.models.heads import check_logits
 from tether.finetune.models.heads import head_adapter
 from tether.finetune.models.heads import replace_head
 from tether.finetune.models.zoo import NO_WEIGHTS
+from tether.finetune.models.zoo import ModelSource
+from tether.finetune.models.zoo import check_model
 from tether.finetune.models.zoo import create_model
 from tether.finetune.models.zoo import model_class
+from tether.finetune.models.zoo import model_source
 
 
 if TYPE_CHECKING:
@@ -33,10 +37,12 @@ class BuiltModel:
     Attributes:
         model: the network, in train mode, on the CPU.
         head: dotted name of the new classifier ``nn.Linear`` (``fc``, ``classifier.1``,
-            ``heads.head``); what ``DistanceConstraint(head=...)`` and the layer groups take.
+            ``heads.head``, ``head.fc``); what ``DistanceConstraint(head=...)`` and the layer
+            groups take.
         name: the model name.
-        weights: what was loaded: a weights enum member (``IMAGENET1K_V2``), ``none``, or
-            ``checkpoint:<file name>``.
+        weights: what was loaded: a weights enum member (``IMAGENET1K_V2``), timm's
+            pretrained name (``resnet18.a1_in1k``), ``pretrained`` (Hugging Face), ``none``,
+            or ``checkpoint:<file name>``.
     """
 
     model: nn.Module
@@ -52,9 +58,11 @@ def build_model(
 
     The starting weights are, first found: the ``checkpoint`` argument (the runner passes the
     digits source network here), ``cfg.checkpoint``, or ``cfg.weights`` through torchvision's
-    weights API (downloaded on first use, then cached by torch.hub). A checkpoint is loaded
-    into the model with its original classifier, minus that classifier's tensors; then the
-    head is replaced (:func:`tether.finetune.models.heads.replace_head`).
+    weights API (downloaded on first use, then cached by torch.hub), or timm's or Hugging
+    Face's (a :class:`~tether.finetune.models.zoo.ModelSource`). A checkpoint
+    (``.safetensors`` or a torch file) is loaded into the model with its original classifier,
+    minus that classifier's tensors; then the head is replaced
+    (:func:`tether.finetune.models.heads.replace_head`, or the source's ``new_head``).
 
     Args:
         cfg: the model section of the recipe.
@@ -76,6 +84,11 @@ def build_model(
     for key, value in (("num_classes", num_classes), ("image_size", image_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+    found = model_source(cfg.name)
+    if found is not None:
+        return _build_from_source(
+            cfg, *found, num_classes=num_classes, image_size=image_size, checkpoint=checkpoint
+        )
     adapter = head_adapter(model_class(cfg.name), name=cfg.name)
     check_head(adapter, cfg.head, name=cfg.name)
     source = checkpoint if checkpoint is not None else cfg.checkpoint
@@ -90,6 +103,35 @@ def build_model(
     head = replace_head(
         model, name=cfg.name, num_classes=num_classes, head=cfg.head, image_size=image_size
     )
+    return BuiltModel(model=model, head=head, name=cfg.name, weights=loaded)
+
+
+def _build_from_source(
+    cfg: ModelConfig,
+    source: ModelSource,
+    known: str,
+    *,
+    num_classes: int,
+    image_size: int,
+    checkpoint: Path | None,
+) -> BuiltModel:
+    """:func:`build_model` for a timm or Hugging Face model: the same steps, the source's
+    construction and head."""
+    path = checkpoint if checkpoint is not None else cfg.checkpoint
+    check_model(cfg if path is None else replace(cfg, checkpoint=str(path)))
+    if path is None:
+        pretrained = cfg.weights != NO_WEIGHTS
+        model, loaded = source.create(known, pretrained=pretrained, image_size=image_size)
+    else:
+        path = Path(path)
+        state = read_state_dict(path)
+        model, _ = source.create(known, pretrained=False, image_size=image_size)
+        state = source.fit_state(model, state)
+        load_backbone(model, state, skip=source.classifier(model), source=path, name=cfg.name)
+        loaded = f"checkpoint:{path.name}"
+    head = source.new_head(model, num_classes)
+    check_logits(model, name=cfg.name, num_classes=num_classes, image_size=image_size)
+    model.train()
     return BuiltModel(model=model, head=head, name=cfg.name, weights=loaded)
 
 

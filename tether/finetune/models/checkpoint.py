@@ -1,11 +1,12 @@
 """Backbone weights from a local checkpoint file (``model.checkpoint``).
 
-The file is read with ``torch.load(weights_only=True)``, which refuses pickled Python objects,
-so a checkpoint from a stranger cannot run code. It may hold a ``state_dict`` directly, or a
-dict with one under ``"state_dict"`` or ``"model"`` (training-script checkpoints); a leading
-``module.`` (``nn.DataParallel``) is stripped. The keys of the classifier that the new head
-replaces are dropped, so a checkpoint trained for another number of classes loads; every other
-tensor must match the model by name and shape.
+A ``.safetensors`` file is read with ``safetensors.torch.load_file`` (tensors only, by its
+format); any other file with ``torch.load(weights_only=True)``, which refuses pickled Python
+objects, so a checkpoint from a stranger cannot run code either way. A torch file may hold a
+``state_dict`` directly, or a dict with one under ``"state_dict"`` or ``"model"``
+(training-script checkpoints); a leading ``module.`` (``nn.DataParallel``) is stripped. The
+keys of the classifier that the new head replaces are dropped, so a checkpoint trained for
+another number of classes loads; every other tensor must match the model by name and shape.
 
 Example:
     >>> import torch
@@ -32,20 +33,61 @@ from tether.errors import ConfigError
 
 NESTED_KEYS = ("state_dict", "model")
 DATA_PARALLEL_PREFIX = "module."
+SAFETENSORS_SUFFIX = ".safetensors"
 _SHOWN = 3
 
 
 def read_state_dict(path: str | PathLike[str]) -> dict[str, torch.Tensor]:
     """Read the state dict in checkpoint file ``path`` onto the CPU.
 
+    The suffix chooses the reader: ``.safetensors`` for safetensors, anything else for
+    ``torch.load``.
+
     Raises:
-        ConfigError: the file is missing, is not a torch file, holds Python objects that
-            ``weights_only`` refuses, or holds no state dict.
+        ConfigError: the file is missing, cannot be read by its reader (or the reader is not
+            installed), holds Python objects that ``weights_only`` refuses, or holds no state
+            dict.
     """
     path = Path(path)
     if not path.is_file():
         what = "is not a file" if path.exists() else "does not exist"
         raise ConfigError(f"model.checkpoint {str(path)!r} {what}", kind="checkpoint")
+    content = (
+        _read_safetensors(path)
+        if path.suffix.lower() == SAFETENSORS_SUFFIX
+        else _read_torch_file(path)
+    )
+    state = _find_state_dict(content)
+    if state is None:
+        raise ConfigError(
+            f"checkpoint {path} holds no state dict: expected a dict of tensors, or one under "
+            f"{' or '.join(repr(k) for k in NESTED_KEYS)}; found {_describe(content)}",
+            kind="checkpoint",
+        )
+    if all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
+        return {k.removeprefix(DATA_PARALLEL_PREFIX): v for k, v in state.items()}
+    return dict(state)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ConfigError(
+            f"checkpoint {path.name} is a safetensors file, which needs the safetensors "
+            "package: install tether[timm] or tether[transformers]",
+            kind="checkpoint",
+        ) from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:  # SafetensorError on a bad header, OSError on a read error
+        raise ConfigError(
+            f"checkpoint {path} is not a file safetensors can read ({_reason(exc)})",
+            kind="checkpoint",
+        ) from exc
+
+
+def _read_torch_file(path: Path) -> Any:
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -65,16 +107,7 @@ def read_state_dict(path: str | PathLike[str]) -> dict[str, torch.Tensor]:
             f"checkpoint {path} is not a file torch.load can read ({_reason(exc)})",
             kind="checkpoint",
         ) from exc
-    state = _find_state_dict(content)
-    if state is None:
-        raise ConfigError(
-            f"checkpoint {path} holds no state dict: expected a dict of tensors, or one under "
-            f"{' or '.join(repr(k) for k in NESTED_KEYS)}; found {_describe(content)}",
-            kind="checkpoint",
-        )
-    if all(k.startswith(DATA_PARALLEL_PREFIX) for k in state):
-        return {k.removeprefix(DATA_PARALLEL_PREFIX): v for k, v in state.items()}
-    return dict(state)
+    return content
 
 
 def _refused_global(error: pickle.UnpicklingError) -> str | None:

@@ -1,7 +1,7 @@
 """The model section of a fine-tuning recipe (``model:`` in configs/*.yaml). Imports no torch.
 
 A config checks its own form (strings where strings belong, a known head); whether the name is
-a model torchvision (or Tether) has, with those weights and that head, is
+a model torchvision, timm, Hugging Face (or Tether) has, with those weights and that head, is
 :func:`tether.finetune.models.zoo.check_model`'s question, which imports torchvision. Building
 the model asks it too, and so do ``load_recipe`` and the verbs that run trials, before they
 write anything.
@@ -24,17 +24,22 @@ class ModelConfig:
 
     Attributes:
         name: a torchvision classification model (``resnet50``, ``efficientnet_b0``,
-            ``convnext_tiny``, ``vit_b_16``, ...) or ``digits-cnn``; ``list_models()`` lists them.
+            ``convnext_tiny``, ``vit_b_16``, ...; ``list_models()`` lists them),
+            ``digits-cnn``, ``timm/<timm name>`` (``timm/convnext_atto``), or
+            ``hf/<Hub name or folder>`` (``hf/google/vit-base-patch16-224``) or a folder
+            holding a Hugging Face ``config.json``.
         weights: ``DEFAULT``, a member of the model's torchvision weights enum
             (``IMAGENET1K_V2`` or ``ResNet50_Weights.IMAGENET1K_V2``), ``none`` (random
-            initialisation), or ``digits-source`` (``digits-cnn`` only: the source network the
-            runner pretrains and passes to ``build_model`` as a checkpoint). Ignored when
-            ``checkpoint`` is set.
-        checkpoint: a local file whose backbone weights are loaded with
-            ``torch.load(weights_only=True)``; see :mod:`tether.finetune.models.checkpoint`.
+            initialisation), ``pretrained`` (timm and Hugging Face models, for which
+            ``DEFAULT`` means the same), or ``digits-source`` (``digits-cnn`` only: the source
+            network the runner pretrains and passes to ``build_model`` as a checkpoint).
+            Ignored when ``checkpoint`` is set.
+        checkpoint: a local file whose backbone weights are loaded: ``.safetensors``, or a
+            torch file read with ``torch.load(weights_only=True)``; see
+            :mod:`tether.finetune.models.checkpoint`.
         head: ``gap`` (a new linear classifier on globally pooled features) or ``flatten``
-            (on the flattened final feature map, as in the MARS-PGM paper); see
-            :mod:`tether.finetune.models.heads`.
+            (on the flattened final feature map, as in the MARS-PGM paper; torchvision models
+            only); see :mod:`tether.finetune.models.heads`.
 
     Nothing is downloaded and the checkpoint is not opened.
 

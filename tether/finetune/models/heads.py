@@ -30,6 +30,10 @@ vit               ``heads.head``          none       not defined
 digits-cnn        ``fc``                  avgpool    ``fc``
 ================  ======================  =========  ===========================================
 
+A timm or Hugging Face model has no adapter: its :class:`~tether.finetune.models.zoo.ModelSource`
+puts the new classifier in place (timm's ``reset_classifier``), only as ``gap``, and
+:func:`check_logits` runs it once as :func:`replace_head` does.
+
 Example:
     >>> from torchvision.models import resnet18
     >>> model = resnet18()
@@ -180,11 +184,22 @@ def replace_head(
     check_head(adapter, head, name=name)
     target = adapter.replaced(head)
     in_features = _IN_FEATURES[head](model, adapter, name, image_size)
-    _set_submodule(model, target, nn.Linear(in_features, num_classes))
-    out = _probe(model, name, image_size)
-    if tuple(out.shape) != (1, num_classes):  # a broken adapter, not a user error
-        raise RuntimeError(f"{name} with a new {head} head returns {list(out.shape)}")
+    set_submodule(model, target, nn.Linear(in_features, num_classes))
+    check_logits(model, name=name, num_classes=num_classes, image_size=image_size)
     return target
+
+
+def check_logits(model: nn.Module, *, name: str, num_classes: int, image_size: int) -> None:
+    """Run ``model`` once on a blank ``image_size`` image (eval mode, no grad, mode restored)
+    and check that it returns ``[1, num_classes]`` logits.
+
+    Raises:
+        ConfigError: the model does not run at ``image_size``.
+        RuntimeError: it returns another shape (a broken head surgery, not a user error).
+    """
+    out = _probe(model, name, image_size)
+    if tuple(out.shape) != (1, num_classes):
+        raise RuntimeError(f"{name} with a new head returns {list(out.shape)}")
 
 
 def _gap_in_features(model: nn.Module, adapter: HeadAdapter, name: str, image_size: int) -> int:
@@ -199,8 +214,8 @@ def _flatten_in_features(
 ) -> int:
     if adapter.pool is None:
         raise TypeError(f"{adapter.family} has no pooling to remove")
-    _set_submodule(model, adapter.pool, nn.Identity())
-    _set_submodule(model, adapter.replaced("flatten"), nn.Identity())
+    set_submodule(model, adapter.pool, nn.Identity())
+    set_submodule(model, adapter.replaced("flatten"), nn.Identity())
     features = _probe(model, name, image_size)
     return int(features[0].numel())
 
@@ -238,7 +253,8 @@ def _probe(model: nn.Module, name: str, image_size: int) -> torch.Tensor:
     return out
 
 
-def _set_submodule(model: nn.Module, target: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, target: str, module: nn.Module) -> None:
+    """Put ``module`` at dotted name ``target`` of ``model`` (replacing what is there)."""
     parent, _, child = target.rpartition(".")
     setattr(model.get_submodule(parent), child, module)
 
