@@ -475,3 +475,24 @@ def test_missing_timm_exits_2_naming_the_extra(
     assert code == 2
     assert err.strip().endswith("install tether[timm]")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_source_network_of_a_timm_checkpoint_keeps_its_classifier(tmp_path: Path) -> None:
+    """L2-SP-Fisher's source network: a timm ViT from a checkpoint at the run's image size,
+    its own classifier resized to the checkpoint's classes."""
+    from tether.finetune.data.config import DataConfig
+    from tether.finetune.models.source import source_network
+
+    torch.manual_seed(0)
+    saved = timm.create_model("test_vit", img_size=DIGITS_SIZE, num_classes=7)
+    save_file(saved.state_dict(), tmp_path / "vit.safetensors")
+    model = ModelConfig(
+        name="timm/test_vit", weights="none", checkpoint=str(tmp_path / "vit.safetensors")
+    )
+    network, identity = source_network(
+        model, DataConfig(image_size=DIGITS_SIZE), cache_dir=tmp_path
+    )
+    x = torch.randn(2, 3, DIGITS_SIZE, DIGITS_SIZE)
+    saved.eval(), network.eval()
+    torch.testing.assert_close(network(x), saved(x))
+    assert identity.startswith("timm/test_vit:checkpoint:")

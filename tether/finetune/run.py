@@ -106,6 +106,11 @@ def versions() -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "optuna": importlib.metadata.version("optuna"),
         "python": platform.python_version(),
+        **{
+            library: importlib.metadata.version(library)
+            for library in ("timm", "transformers")
+            if library in sys.modules
+        },
     }
 
 

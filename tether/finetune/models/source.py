@@ -36,8 +36,8 @@ from tether.finetune.models.checkpoint import load_backbone
 from tether.finetune.models.checkpoint import read_state_dict
 from tether.finetune.models.config import ModelConfig
 from tether.finetune.models.digits_cnn import pretrained_source_checkpoint
-from tether.finetune.models.heads import head_adapter
 from tether.finetune.models.zoo import NO_WEIGHTS
+from tether.finetune.models.zoo import classifier_name
 from tether.finetune.models.zoo import create_model
 from tether.finetune.regularizers import SourceTask
 from tether.finetune.regularizers._fisher import NO_SOURCE
@@ -75,10 +75,10 @@ def source_network(
                 "penalty l2-sp-fisher needs a pretrained source network, but model.weights "
                 "is 'none'"
             )
-        network, loaded = create_model(model.name, model.weights)
+        network, loaded = create_model(model.name, model.weights, image_size=data.image_size)
         return network, f"{model.name}:{loaded}"
     state = read_state_dict(path)
-    network, _ = create_model(model.name, NO_WEIGHTS)
+    network, _ = create_model(model.name, NO_WEIGHTS, image_size=data.image_size)
     _fit_classifier(network, state, model=model.name, source=path)
     load_backbone(network, state, skip="", source=path, name=model.name)
     stat = path.stat()
@@ -89,7 +89,7 @@ def _fit_classifier(
     network: nn.Module, state: dict[str, torch.Tensor], *, model: str, source: Path
 ) -> None:
     """Resize the final ``nn.Linear`` to the checkpoint's (its number of source classes)."""
-    linear = head_adapter(type(network), name=model).linear
+    linear = classifier_name(network, name=model)
     weight = state.get(f"{linear}.weight")
     if weight is None or weight.dim() != 2:
         raise ConfigError(

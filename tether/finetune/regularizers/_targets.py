@@ -101,8 +101,15 @@ def row_view(tensor: torch.Tensor, *, whole: bool, transposed: bool = False) -> 
 
 _MATRIX_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM_MODULES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
-DELIBERATELY_FREE = ("class_token", "cls_token", "pos_embedding", "pos_embed")
-"""Last parts of parameter names left free by the rules above (torchvision's and timm's),
+DELIBERATELY_FREE = (
+    "class_token",
+    "cls_token",
+    "pos_embedding",
+    "pos_embed",
+    "position_embeddings",
+)
+"""Last parts of parameter names left free by the rules above (torchvision's, timm's and
+transformers' class tokens and position embeddings),
 besides every name ending in ``bias`` (``in_proj_bias`` too)."""
 
 
