@@ -78,16 +78,30 @@ class DeleteCommand(Command):
 
 
 class DashboardCommand(Command):
-    """Serve optuna-dashboard for a storage (on 127.0.0.1 unless told otherwise)."""
+    """Serve optuna-dashboard for a storage (on 127.0.0.1 unless told otherwise).
+
+    Each trial's log and curve (Optuna artifacts) are served from the storage's artifact
+    folder: <name>-artifacts/ beside a sqlite:/// or journal: file, tether-artifacts/ in the
+    working directory for a server; or --artifacts PATH (what the spec's artifacts: names).
+    """
 
     name = "dashboard"
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8080)
+        parser.add_argument(
+            "--artifacts",
+            default=None,
+            metavar="PATH",
+            help="the folder of the trials' logs and curves (default: the storage's)",
+        )
 
     def run(self, args: argparse.Namespace) -> int:
+        from pathlib import Path
+
         from tether.errors import ConfigError
+        from tether.search.artifacts import default_artifact_dir
         from tether.search.storage import mask_url
         from tether.search.storage import open_storage
         from tether.search.storage import resolve_url
@@ -99,10 +113,19 @@ class DashboardCommand(Command):
                 "optuna-dashboard is not installed; pip install tether[dashboard]"
             ) from None
         url = resolve_url(args.storage)
+        folder = Path(args.artifacts) if args.artifacts else default_artifact_dir(url)
+        if args.artifacts and not folder.is_dir():
+            raise ConfigError(f"--artifacts {folder}: no such folder")
         storage = open_storage(url, create=False)
+        store = None
+        if folder.is_dir():
+            from optuna.artifacts import FileSystemArtifactStore
+
+            store = FileSystemArtifactStore(folder)
+        seen = f"artifacts from {folder}" if store else f"no artifact folder ({folder})"
         print(
-            f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/",
+            f"optuna-dashboard for {mask_url(url)} on http://{args.host}:{args.port}/; {seen}",
             file=sys.stderr,
         )
-        run_server(storage, host=args.host, port=args.port)
+        run_server(storage, host=args.host, port=args.port, artifact_store=store)
         return EXIT_OK

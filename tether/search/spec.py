@@ -24,6 +24,11 @@ points to try first, the budget per method, the sampler and pruner, and the fina
       ftp: {k: {low: 0.1, high: 1.0, log: false}}
       wise-ft: {}                       # or any method with wise: true
     evaluation: {n_seeds: 5, refit: false}
+    callbacks:                          # optional: Optuna callbacks, after each trial
+      - factory: optuna_integration.mlflow:MLflowCallback
+        kwargs: {tracking_uri: "sqlite:///mlflow.db", metric_name: val accuracy}
+    artifacts: true                     # each trial's log and curve as Optuna artifacts:
+                                        # true (beside the storage), a folder, or false
 
 ``budget.repeats: R`` runs every search (every method of every condition) R times, each
 repeat with its own studies and sampler seed: which configuration wins a few trials is itself
@@ -39,6 +44,10 @@ dotted key, the value and what is allowed. The base recipe is validated with eve
 patch at the ends of its ranges and at each enqueued point. A ``warm_start`` must name a method
 of the same spec that learns radii; :class:`~tether.search.execution.runner.Search` runs that
 method's trials first.
+
+``callbacks`` (:mod:`tether.search.callbacks`) and ``artifacts`` (:mod:`tether.search.artifacts`)
+say where a process sends its trials' results besides the storage, not what the studies are:
+they are not stored with the studies, and a worker may set its own (``--set artifacts=PATH``).
 """
 
 from __future__ import annotations
@@ -63,6 +72,8 @@ from tether.finetune.recipe import recipe_from_dict
 from tether.jsondata import deep_merge
 from tether.jsondata import json_digest
 from tether.jsondata import json_safe
+from tether.search.callbacks import CallbackSpec
+from tether.search.callbacks import callbacks_from_data
 from tether.search.methods import GROUP_PREFIX
 from tether.search.methods import get_method
 from tether.search.samplers import PrunerConfig
@@ -151,6 +162,8 @@ class StudySpec:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    callbacks: tuple[CallbackSpec, ...] = ()
+    artifacts: str | bool = True
     resolved_recipe: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -216,7 +229,18 @@ class StudySpec:
             ) from None
 
 
-SPEC_KEYS = ("name", "recipe", "set", "budget", "sampler", "pruner", "methods", "evaluation")
+SPEC_KEYS = (
+    "name",
+    "recipe",
+    "set",
+    "budget",
+    "sampler",
+    "pruner",
+    "methods",
+    "evaluation",
+    "callbacks",
+    "artifacts",
+)
 CONDITION_KEYS = ("set", "methods")
 
 
@@ -394,12 +418,26 @@ def spec_from_dict(
         sampler=from_dict(SamplerConfig, data.get("sampler"), prefix="sampler."),
         pruner=from_dict(PrunerConfig, data.get("pruner"), prefix="pruner."),
         evaluation=from_dict(EvaluationConfig, data.get("evaluation"), prefix="evaluation."),
+        callbacks=callbacks_from_data(data.get("callbacks")),
+        artifacts=_artifacts_setting(data.get("artifacts")),
         resolved_recipe=_base_recipe(recipe, root, overrides),
     )
     _check_warm_starts(spec.methods)
     _check_optimizer(spec)
     _probe(spec)
     return spec
+
+
+def _artifacts_setting(value: object) -> str | bool:
+    """``artifacts:``: true or null (the default folder), false (none), or a folder."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or (isinstance(value, str) and value.strip()):
+        return value
+    raise ConfigError(
+        f"artifacts must be true (a folder beside the storage), false (none) or a folder "
+        f"path, got {value!r}"
+    )
 
 
 def _expand(mapping: Mapping[Any, Any], where: str) -> dict[str, Any]:

@@ -30,6 +30,11 @@ from optuna.trial import TrialState
 
 from tether.errors import Terminated
 from tether.jsondata import deep_merge
+from tether.search.artifacts import ArtifactUploader
+from tether.search.artifacts import NoArtifacts
+from tether.search.artifacts import trial_artifacts
+from tether.search.callbacks import TrialCallback
+from tether.search.callbacks import TrialCallbacks
 from tether.search.execution.launcher import Launcher
 from tether.search.execution.launcher import TrialProcess
 from tether.search.execution.slots import Slot
@@ -47,6 +52,7 @@ from tether.search.samplers import make_sampler
 from tether.search.space import format_params
 from tether.search.storage import hold_single_process
 from tether.search.storage import storage_of
+from tether.search.storage import storage_url
 
 
 if TYPE_CHECKING:
@@ -92,6 +98,11 @@ class TicketRunner:
         timeout: seconds per study from this process's first trial of it; after that it
             takes no new ticket of that study. None: no limit.
         grace: seconds a stopped trial gets to finish its batch.
+        callbacks: ``callback(study, frozen_trial)`` each, called after every trial this
+            process ends, as ``study.optimize`` calls its callbacks, but one at a time and a
+            failure logged, not raised (:class:`~tether.search.callbacks.TrialCallbacks`).
+        artifacts: what takes each trial's log and curve once its worker has exited
+            (:mod:`tether.search.artifacts`); default: nothing.
     """
 
     abort_wait = 5.0
@@ -109,6 +120,8 @@ class TicketRunner:
         time_limit: float | None = None,
         timeout: float | None = None,
         grace: float = 30.0,
+        callbacks: Sequence[TrialCallback] | TrialCallbacks = (),
+        artifacts: ArtifactUploader | None = None,
     ) -> None:
         self.studies = list(studies)
         self.launcher = launcher
@@ -119,6 +132,10 @@ class TicketRunner:
         self.time_limit = time_limit
         self.timeout = timeout
         self.grace = grace
+        self.callbacks = (
+            callbacks if isinstance(callbacks, TrialCallbacks) else TrialCallbacks(callbacks)
+        )
+        self.artifacts = NoArtifacts() if artifacts is None else artifacts
         self.done = 0
         self._seconds: list[float] = []
         self._recipe = recipe
@@ -254,6 +271,9 @@ class TicketRunner:
             running=lambda process: self._track(slot, process),
             target=self.target,
             stopped=lambda: self._reason,
+            exited=lambda log_path, curve: self.artifacts.upload(
+                trial, log_path=log_path, curve=curve
+            ),
         )
         with self._lock:
             self.done += 1
@@ -266,6 +286,7 @@ class TicketRunner:
                 file=sys.stderr,
                 flush=True,
             )
+        self.callbacks.trial_ended(study, trial)
 
     def _progress(self, index: int) -> str:
         """``k/N`` trials of the study ended, its best value, and the stage's ETA.
@@ -350,8 +371,12 @@ class Search(TicketRunner):
             repeats), ``tether worker`` :func:`seed_offset` (no two processes share a seed).
         groups: the model's layer groups, if the caller has them (else the model is built).
 
+    The spec's ``callbacks`` are built here, before any trial runs, and called after each;
+    its ``artifacts`` folder is made here, and each trial's log and curve are uploaded to it.
+
     Raises:
-        ConfigError: a study does not exist, or was made from another spec or Optuna major.
+        ConfigError: a study does not exist, or was made from another spec or Optuna major;
+            a callback factory failed; the artifact folder cannot be made.
     """
 
     def __init__(
@@ -393,6 +418,8 @@ class Search(TicketRunner):
             target=target,
             time_limit=spec.budget.trial_timeout,
             timeout=spec.budget.timeout,
+            callbacks=TrialCallbacks.of_specs(spec.callbacks),
+            artifacts=trial_artifacts(spec.artifacts, storage_url(storage)),
         )
 
     def run(self) -> None:

@@ -88,14 +88,17 @@ def run_trial(
     running: Callable[[TrialProcess | None], None] = lambda process: None,
     target: Callable[..., int] | None = None,
     stopped: Callable[[], str | None] = lambda: None,
+    exited: Callable[[Path, list[dict[str, Any]]], None] = lambda log_path, curve: None,
 ) -> float:
     """Run ``recipe`` in a worker for ``trial``; return its validation accuracy.
 
     ``running`` is told the worker process when it starts and ``None`` when it has exited,
-    so that whoever holds the slot can stop it (Ctrl-C). ``target`` replaces the fine-tuning
-    run inside the worker (benchmarks of the harness itself). ``stopped`` says why the harness
-    stopped its trials (``"SIGTERM"``), or None: a trial it stopped fails as ``interrupted``
-    with that reason. If anything here fails (the storage), the worker is killed first.
+    so that whoever holds the slot can stop it (Ctrl-C); ``exited`` then gets the log file and
+    the epoch curve, before anything is recorded: Optuna attaches files (artifacts) only to a
+    running trial. ``target`` replaces the fine-tuning run inside the worker (benchmarks of
+    the harness itself). ``stopped`` says why the harness stopped its trials (``"SIGTERM"``),
+    or None: a trial it stopped fails as ``interrupted`` with that reason. If anything here
+    fails (the storage), the worker is killed first.
 
     Raises:
         optuna.TrialPruned: the pruner stopped it.
@@ -122,6 +125,7 @@ def run_trial(
         raise
     code = process.wait()
     running(None)
+    exited(log_path, watch.curve)
     end = {"seconds": round(time.monotonic() - started, 3), "curve": watch.curve}
     if watch.pruned:
         set_user_attrs(trial, **end)
@@ -264,13 +268,15 @@ def run_claimed(
     running: Callable[[TrialProcess | None], None] = lambda process: None,
     target: Callable[..., int] | None = None,
     stopped: Callable[[], str | None] = lambda: None,
+    exited: Callable[[Path, list[dict[str, Any]]], None] = lambda log_path, curve: None,
 ) -> str:
     """Run a claimed trial to its end, tell the study once, and say how it went in a line.
 
     Under a :class:`~tether.search.storage.Heartbeat`: ``recipe(trial)`` samples the
     parameters and returns the recipe, :func:`run_trial` runs it (one log file per trial under
-    ``log_dir/<study name>``), and the value, PRUNED or FAIL is told. Anything unexpected (a bug,
-    the storage gone for longer than it retries) fails the trial and is raised.
+    ``log_dir/<study name>``; ``running``, ``exited`` as there), and the value, PRUNED or FAIL
+    is told. Anything unexpected (a bug, the storage gone for longer than it retries) fails
+    the trial and is raised.
     """
     folder = log_folder(log_dir, study.study_name)
     with Heartbeat(study, trial):
@@ -286,6 +292,7 @@ def run_claimed(
                 running=running,
                 target=target,
                 stopped=stopped,
+                exited=exited,
             )
         except optuna.TrialPruned as pruned:
             told, outcome = tell_once(study, trial, state=TrialState.PRUNED), str(pruned)
