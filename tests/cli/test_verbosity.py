@@ -104,7 +104,9 @@ def test_quiet_drops_the_runners_trial_lines(
 
 def _says_everything(args: argparse.Namespace) -> int:
     """A verb that prints a progress line, logs at each level and asks a question."""
-    print("progress: working", file=sys.stderr)
+    from tether.progress import progress
+
+    progress("progress: working")
     log = logging.getLogger("tether.cli.test")
     log.debug("tether: debug detail")
     log.info("tether: info line")

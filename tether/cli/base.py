@@ -11,11 +11,8 @@ import abc
 import argparse
 from collections.abc import Iterator
 import contextlib
-import io
 import sys
-import threading
 from typing import TYPE_CHECKING
-from typing import TextIO
 
 
 if TYPE_CHECKING:
@@ -182,10 +179,11 @@ def _conditions(specs: list[StudySpec], args: argparse.Namespace) -> list[StudyS
 
 def storage_line(args: argparse.Namespace) -> None:
     """The storage (password masked) on stderr, once the input has been checked."""
+    from tether.progress import progress
     from tether.search.storage.urls import mask_url
     from tether.search.storage.urls import resolve_url
 
-    print(f"storage: {mask_url(resolve_url(args.storage))}", file=sys.stderr)
+    progress(f"storage: {mask_url(resolve_url(args.storage))}")
 
 
 def open_selected(
@@ -237,59 +235,31 @@ def add_verbosity_arguments(parser: argparse.ArgumentParser, *, default: object)
 def verbosity(level: int) -> Iterator[None]:
     """While a verb runs, say on stderr what ``level`` asks for; as it was afterwards.
 
-    The levels of Optuna's own command line: :data:`NORMAL` shows the verbs' progress lines
-    and the records of the ``tether`` loggers from INFO, and Optuna's from WARNING (its line
-    per study created is noise beside tether's own). :data:`VERBOSE` (``-v``) shows tether's
-    from DEBUG and Optuna's from INFO. :data:`QUIET` (``-q``) leaves the results (stdout),
-    the warnings and the errors: records from WARNING, and the lines a verb prints on stderr
-    dropped (:class:`_DroppedLines`), but for a prompt that waits for an answer.
+    The levels of Optuna's own command line: :data:`NORMAL` shows the progress lines
+    (:mod:`tether.progress`) and the records of the ``tether`` loggers from INFO, and
+    Optuna's from WARNING (its line per study created is noise beside tether's own).
+    :data:`VERBOSE` (``-v``) shows tether's from DEBUG and Optuna's from INFO. :data:`QUIET`
+    (``-q``) leaves the results (stdout), the warnings and the errors: no progress lines,
+    records from WARNING. Warnings, errors and prompts are printed whatever the level.
     """
     import logging
 
     import optuna
 
-    stream = sys.stderr
-    handler = logging.StreamHandler(stream)
+    from tether.progress import LOGGER as progress_logger
+
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("tether")
-    saved = logger.level, optuna.logging.get_verbosity()
+    saved = logger.level, progress_logger.level, optuna.logging.get_verbosity()
     logger.setLevel({QUIET: logging.WARNING, NORMAL: logging.INFO}.get(level, logging.DEBUG))
+    progress_logger.setLevel(logging.WARNING if level <= QUIET else logging.INFO)
     logger.addHandler(handler)
     optuna.logging.set_verbosity(logging.INFO if level >= VERBOSE else logging.WARNING)
     try:
-        if level <= QUIET:
-            with contextlib.redirect_stderr(_DroppedLines(stream)):
-                yield
-        else:
-            yield
+        yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(saved[0])
-        optuna.logging.set_verbosity(saved[1])
-
-
-class _DroppedLines(io.TextIOBase):
-    """``sys.stderr`` under ``-q``: the lines written to it are dropped, and a partial line
-    that is flushed (a prompt waiting for an answer) goes on to ``stream``.
-
-    Each thread has its own partial line: one thread's flush never sends out the first half
-    of a line another thread is printing.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._thread = threading.local()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self._thread.partial = (getattr(self._thread, "partial", "") + text).rpartition("\n")[2]
-        return len(text)
-
-    def flush(self) -> None:
-        partial = getattr(self._thread, "partial", "")
-        if partial:
-            self._stream.write(partial)
-            self._thread.partial = ""
-        self._stream.flush()
+        progress_logger.setLevel(saved[1])
+        optuna.logging.set_verbosity(saved[2])

@@ -12,6 +12,7 @@ from tether.cli.base import EXIT_INTERRUPTED
 from tether.cli.base import EXIT_OK
 from tether.cli.base import Command
 from tether.cli.base import add_set_argument
+from tether.progress import progress
 
 
 if TYPE_CHECKING:
@@ -38,20 +39,17 @@ class ProgressPrinter:
         if kind == "start":
             self.epochs = int(event["recipe"]["train"]["epochs"])
             sizes = event["sizes"]
-            print(
+            progress(
                 f"{event['model']['name']} ({event['model']['weights']}) on {event['device']}: "
                 f"{sizes['train']} train / {sizes['val']} val / {sizes['test']} test images, "
-                f"{event['classes']} classes; {event['constraint']}",
-                file=sys.stderr,
+                f"{event['classes']} classes; {event['constraint']}"
             )
         elif kind == "epoch":
             val = event["val_accuracy"]
-            print(
+            progress(
                 f"epoch {event['epoch']:>3}/{self.epochs}  "
                 f"train loss {event['train_loss']:.4f} acc {_percent(event['train_accuracy'])}  "
-                f"val acc {_percent(val)}  lr {event['lr']:.2g}  {event['seconds']:.1f}s",
-                file=sys.stderr,
-                flush=True,
+                f"val acc {_percent(val)}  lr {event['lr']:.2g}  {event['seconds']:.1f}s"
             )
         elif kind == "result" and self.json_lines is None:
             print(format_result(event))

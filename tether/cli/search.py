@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
-import sys
 from typing import TYPE_CHECKING
 
 from tether.cli.base import EXIT_OK
@@ -23,6 +22,7 @@ from tether.cli.base import selected_methods
 from tether.cli.base import storage_line
 from tether.cli.results import print_table
 from tether.cli.results import write_report
+from tether.progress import progress
 
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
     storage_line(args)
     if create and args.create_only:
         names = [s.study_name(m) for s in specs for m in methods or s.methods]
-        print(f"created {len(names)} studies: {', '.join(names)}", file=sys.stderr)
+        progress(f"created {len(names)} studies: {', '.join(names)}")
         return EXIT_OK
     cache_dir = None if args.cache_dir is None else Path(args.cache_dir)
     with Launcher(mode=args.launcher) as launcher:
@@ -98,10 +98,9 @@ def _search(args: argparse.Namespace, *, create: bool) -> int:
                 seed_offset=0 if create else seed_offset(),
                 groups=groups[spec.condition],
             )
-            print(
+            progress(
                 f"[{spec.name}] searching {', '.join(s.method for s in search.states)} on "
-                f"{len(slots)} slot(s): {', '.join(s.name for s in slots)}",
-                file=sys.stderr,
+                f"{len(slots)} slot(s): {', '.join(s.name for s in slots)}"
             )
             search.run()
         if create and not args.no_evaluate:

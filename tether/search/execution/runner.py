@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 
 from tether.errors import Terminated
 from tether.jsondata import deep_merge
+from tether.progress import progress
 from tether.search.artifacts import ArtifactUploader
 from tether.search.artifacts import NoArtifacts
 from tether.search.artifacts import trial_artifacts
@@ -279,12 +280,10 @@ class TicketRunner:
             self.done += 1
             seconds = time.monotonic() - started
             self._seconds.append(seconds)
-            print(
+            progress(
                 f"[{study.study_name}] trial {trial.number}: {outcome}  "
                 f"({format_params(trial.params)})  {seconds:.1f}s on {slot.name}  "
-                f"| {self._progress(index)}",
-                file=sys.stderr,
-                flush=True,
+                f"| {self._progress(index)}"
             )
         self.callbacks.trial_ended(study, trial)
 
@@ -440,7 +439,7 @@ class Search(TicketRunner):
                 source_ran_here=spaces[method].warm_start in ran,
             )
             if line is not None:
-                print(line, file=sys.stderr, flush=True)
+                progress(line)
         super().run()
 
     def _recipe_of(self, index: int, trial: optuna.Trial) -> dict[str, Any]:

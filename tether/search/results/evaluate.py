@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 
 from tether.jsondata import deep_copy
+from tether.progress import progress
 from tether.search.execution.launcher import Launcher
 from tether.search.execution.slots import Slot
 from tether.search.execution.studies import best_trial
@@ -202,10 +203,8 @@ def evaluate(
         study.set_user_attr(EVALUATION_ATTR, summary)
         summaries[method] = summary
         shown = "-" if mean is None else f"{100 * mean:.1f}%"
-        print(
+        progress(
             f"[{study.study_name}] test {shown} over {len(scores)}/{n_seeds} seeds "
-            f"(best trial {number})",
-            file=sys.stderr,
-            flush=True,
+            f"(best trial {number})"
         )
     return summaries
