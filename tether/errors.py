@@ -28,3 +28,14 @@ class Terminated(KeyboardInterrupt):
     The ``tether`` command installs the handler: a preemption (Kubernetes, Slurm) then stops
     a search as the first Ctrl-C does, and the command exits 143 instead of 130.
     """
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as ``Type: message`` on one line, for a message that quotes a library's error.
+
+    Example:
+        >>> one_line(OSError("no such file:\\n  weights.pt"))
+        'OSError: no such file: weights.pt'
+    """
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

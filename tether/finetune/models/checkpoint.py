@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from tether.errors import ConfigError
+from tether.errors import one_line
 
 
 NESTED_KEYS = ("state_dict", "model")
@@ -131,9 +132,7 @@ def _unwrapped(error: BaseException) -> BaseException:
 
 def _reason(error: BaseException) -> str:
     """The error in one line; for torch's wrapped unpickling error, the unpickler's own."""
-    shown = _unwrapped(error)
-    text = " ".join(str(shown).split())
-    return f"{type(shown).__name__}: {text}" if text else type(shown).__name__
+    return one_line(_unwrapped(error))
 
 
 def load_backbone(

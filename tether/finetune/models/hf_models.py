@@ -57,6 +57,7 @@ from typing import Any
 from torch import nn
 
 from tether.errors import ConfigError
+from tether.errors import one_line
 from tether.finetune.layers import prefix_groups
 from tether.finetune.models.heads import set_submodule
 from tether.finetune.models.zoo import HF_CONFIG
@@ -134,7 +135,7 @@ def check(name: str, *, pretrained: bool) -> None:
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(
             f"model.name: {folder / HF_CONFIG} is not a config transformers can read "
-            f"({_one_line(exc)})",
+            f"({one_line(exc)})",
             kind="model",
         ) from exc
     if type(config) not in transformers.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
@@ -166,7 +167,7 @@ def create(name: str, *, pretrained: bool, image_size: int | None = None) -> tup
     except (OSError, ValueError, KeyError) as exc:  # no network, no such repo, a bad config
         where = f"folder {source}" if folder is not None else "the Hugging Face Hub"
         raise ConfigError(
-            f"model.name: could not load {name} from {where} ({_one_line(exc)}); a hub model "
+            f"model.name: could not load {name} from {where} ({one_line(exc)}); a hub model "
             "is downloaded once, then read from the cache",
             kind="model",
         ) from exc
@@ -338,11 +339,6 @@ def _layer_list(model: nn.Module, head: str) -> tuple[str, int] | None:
 
 def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 SOURCE = ModelSource(

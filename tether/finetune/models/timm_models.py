@@ -40,6 +40,7 @@ from typing import Any
 from torch import nn
 
 from tether.errors import ConfigError
+from tether.errors import one_line
 from tether.finetune.layers import HEAD
 from tether.finetune.layers import prefix_groups
 from tether.finetune.models.zoo import NO_WEIGHTS
@@ -127,7 +128,7 @@ def create(name: str, *, pretrained: bool, image_size: int | None = None) -> tup
     except OSError as exc:  # urllib's and huggingface_hub's errors, timeouts, a full disk
         raise ConfigError(
             f"model.weights: could not fetch the pretrained weights of {PREFIX + name} "
-            f"({_one_line(exc)}); set model.checkpoint=PATH to load a local file instead",
+            f"({one_line(exc)}); set model.checkpoint=PATH to load a local file instead",
             kind="model",
         ) from exc
     except (AssertionError, ValueError, RuntimeError) as exc:
@@ -135,7 +136,7 @@ def create(name: str, *, pretrained: bool, image_size: int | None = None) -> tup
             raise
         raise ConfigError(
             f"model.name {PREFIX + name!r} cannot be built for {image_size}x{image_size} "
-            f"images (data.image_size): {_one_line(exc)}",
+            f"images (data.image_size): {one_line(exc)}",
             kind="model",
         ) from exc
     model.train()
@@ -274,11 +275,6 @@ def _group_name(matcher: Any, param: str) -> str | None:
             module = found.group(0).rstrip(".")
             return module if param == module or param.startswith(module + ".") else None
     return NECK
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 SOURCE = ModelSource(
