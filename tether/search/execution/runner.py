@@ -46,6 +46,7 @@ from tether.search.execution.studies import load_studies
 from tether.search.execution.studies import model_groups
 from tether.search.execution.tickets import Dispatcher
 from tether.search.execution.tickets import waiting
+from tether.search.execution.trials import Launch
 from tether.search.execution.trials import run_claimed
 from tether.search.samplers import SEED_OFFSETS
 from tether.search.samplers import make_pruner
@@ -260,22 +261,20 @@ class TicketRunner:
     def _one(self, index: int, trial: optuna.Trial, slot: Slot) -> None:
         study = self.studies[index]
         started = time.monotonic()
-        outcome = run_claimed(
-            study,
-            trial,
-            lambda claimed: self._recipe(index, claimed),
+        launch = Launch(
             launcher=self.launcher,
             slot=slot,
             log_dir=self.log_dir,
             time_limit=self.time_limit,
             cache_dir=self.cache_dir,
-            running=lambda process: self._track(slot, process),
             target=self.target,
+            running=lambda process: self._track(slot, process),
             stopped=lambda: self._reason,
             exited=lambda log_path, curve: self.artifacts.upload(
                 trial, log_path=log_path, curve=curve
             ),
         )
+        outcome = run_claimed(study, trial, lambda claimed: self._recipe(index, claimed), launch)
         with self._lock:
             self.done += 1
             seconds = time.monotonic() - started

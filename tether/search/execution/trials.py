@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Iterator
+import dataclasses
 from dataclasses import dataclass
 import logging
 import math
@@ -76,29 +77,51 @@ class _Watch:
     timed_out: bool = False
 
 
-def run_trial(
-    trial: optuna.Trial,
-    recipe: dict[str, Any],
-    *,
-    launcher: Launcher,
-    slot: Slot,
-    log_dir: Path,
-    time_limit: float | None = None,
-    cache_dir: Path | None = None,
-    running: Callable[[TrialProcess | None], None] = lambda process: None,
-    target: Callable[..., int] | None = None,
-    stopped: Callable[[], str | None] = lambda: None,
-    exited: Callable[[Path, list[dict[str, Any]]], None] = lambda log_path, curve: None,
-) -> float:
-    """Run ``recipe`` in a worker for ``trial``; return its validation accuracy.
+def _no_process(process: TrialProcess | None) -> None:
+    return None
 
-    ``running`` is told the worker process when it starts and ``None`` when it has exited,
-    so that whoever holds the slot can stop it (Ctrl-C); ``exited`` then gets the log file and
-    the epoch curve, before anything is recorded: Optuna attaches files (artifacts) only to a
-    running trial. ``target`` replaces the fine-tuning run inside the worker (benchmarks of
-    the harness itself). ``stopped`` says why the harness stopped its trials (``"SIGTERM"``),
-    or None: a trial it stopped fails as ``interrupted`` with that reason. If anything here
-    fails (the storage), the worker is killed first.
+
+def _no_reason() -> str | None:
+    return None
+
+
+def _no_files(log_path: Path, curve: list[dict[str, Any]]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How a runner starts and watches its trials' workers: the same for every trial.
+
+    Attributes:
+        launcher: starts the worker processes.
+        slot: the device slot they run on.
+        log_dir: one log file per trial in it (:func:`run_claimed`: per study under it).
+        time_limit: seconds a trial may run; None: no limit.
+        cache_dir: the workers' cache folder; None: ``$TETHER_CACHE_DIR``.
+        target: replaces the fine-tuning run inside the worker (benchmarks of the harness).
+        running: told the worker process when it starts and ``None`` when it has exited, so
+            that whoever holds the slot can stop it (Ctrl-C).
+        stopped: why the harness stopped its trials (``"SIGTERM"``), or None: a trial it
+            stopped fails as ``interrupted`` with that reason.
+        exited: given the log file and the epoch curve once the worker has exited, before
+            anything is recorded: Optuna attaches files (artifacts) only to a running trial.
+    """
+
+    launcher: Launcher
+    slot: Slot
+    log_dir: Path
+    time_limit: float | None = None
+    cache_dir: Path | None = None
+    target: Callable[..., int] | None = None
+    running: Callable[[TrialProcess | None], None] = _no_process
+    stopped: Callable[[], str | None] = _no_reason
+    exited: Callable[[Path, list[dict[str, Any]]], None] = _no_files
+
+
+def run_trial(trial: optuna.Trial, recipe: dict[str, Any], launch: Launch) -> float:
+    """Run ``recipe`` in a worker for ``trial`` as ``launch`` says; return its validation
+    accuracy. If anything here fails (the storage), the worker is killed first.
 
     Raises:
         optuna.TrialPruned: the pruner stopped it.
@@ -106,38 +129,43 @@ def run_trial(
     """
     host = socket.gethostname()
     set_user_attrs(
-        trial, recipe=recipe, device=slot.name, host=host, worker=f"{host}:{os.getpid()}"
+        trial, recipe=recipe, device=launch.slot.name, host=host, worker=f"{host}:{os.getpid()}"
     )
-    log_path = log_dir / f"trial-{trial.number:05d}.log"
+    log_path = launch.log_dir / f"trial-{trial.number:05d}.log"
     started = time.monotonic()
-    process = launcher.start(
-        recipe, device=slot.visible_devices, log_path=log_path, cache_dir=cache_dir, target=target
+    process = launch.launcher.start(
+        recipe,
+        device=launch.slot.visible_devices,
+        log_path=log_path,
+        cache_dir=launch.cache_dir,
+        target=launch.target,
     )
     watch = _Watch(curve=[])
-    running(process)
+    launch.running(process)
     try:
-        for event in _events(process, started, time_limit, watch):
+        for event in _events(process, started, launch.time_limit, watch):
             _handle(trial, process, event, watch)
     except BaseException:
         process.kill()
         process.wait()
-        running(None)
+        launch.running(None)
         raise
     code = process.wait()
-    running(None)
-    exited(log_path, watch.curve)
+    launch.running(None)
+    launch.exited(log_path, watch.curve)
     end = {"seconds": round(time.monotonic() - started, 3), "curve": watch.curve}
     if watch.pruned:
         set_user_attrs(trial, **end)
         raise optuna.TrialPruned(f"pruned at epoch {len(watch.curve)}")
     if watch.result is not None and code == 0:
         return _finish(trial, watch.result, end)
-    reason = stopped()
+    reason = launch.stopped()
     if reason is not None and not watch.timed_out:
         ended = "" if code == EXIT_STOPPED else f"; {_exit_message(code)}"
         watch.error = {"kind": "interrupted", "message": f"stopped by {reason}{ended}"}
     elif watch.timed_out:
-        watch.error = {"kind": "timeout", "message": f"over the {time_limit:g} s time limit"}
+        limit = f"over the {launch.time_limit:g} s time limit"
+        watch.error = {"kind": "timeout", "message": limit}
     if watch.error is None:
         watch.error = {"kind": "crash", "message": _exit_message(code)}
     watch.error["log"] = process.log_tail(20)
@@ -259,46 +287,25 @@ def run_claimed(
     study: optuna.Study,
     trial: optuna.Trial,
     recipe: Callable[[optuna.Trial], dict[str, Any]],
-    *,
-    launcher: Launcher,
-    slot: Slot,
-    log_dir: Path,
-    time_limit: float | None = None,
-    cache_dir: Path | None = None,
-    running: Callable[[TrialProcess | None], None] = lambda process: None,
-    target: Callable[..., int] | None = None,
-    stopped: Callable[[], str | None] = lambda: None,
-    exited: Callable[[Path, list[dict[str, Any]]], None] = lambda log_path, curve: None,
+    launch: Launch,
 ) -> str:
     """Run a claimed trial to its end, tell the study once, and say how it went in a line.
 
     Under a :class:`~tether.search.storage.Heartbeat`: ``recipe(trial)`` samples the
-    parameters and returns the recipe, :func:`run_trial` runs it (one log file per trial under
-    ``log_dir/<study name>``; ``running``, ``exited`` as there), and the value, PRUNED or FAIL
-    is told. Anything unexpected (a bug, the storage gone for longer than it retries) fails
+    parameters and returns the recipe, :func:`run_trial` runs it as ``launch`` says (one log
+    file per trial under ``launch.log_dir/<study name>``), and the value, PRUNED or FAIL is
+    told. Anything unexpected (a bug, the storage gone for longer than it retries) fails
     the trial and is raised.
     """
-    folder = log_folder(log_dir, study.study_name)
+    folder = log_folder(launch.log_dir, study.study_name)
     with Heartbeat(study, trial):
         try:
-            value = run_trial(
-                trial,
-                recipe(trial),
-                launcher=launcher,
-                slot=slot,
-                log_dir=folder,
-                time_limit=time_limit,
-                cache_dir=cache_dir,
-                running=running,
-                target=target,
-                stopped=stopped,
-                exited=exited,
-            )
+            value = run_trial(trial, recipe(trial), dataclasses.replace(launch, log_dir=folder))
         except optuna.TrialPruned as pruned:
             told, outcome = tell_once(study, trial, state=TrialState.PRUNED), str(pruned)
         except TrialFailed as failed:
             told, outcome = tell_once(study, trial, state=TrialState.FAIL), f"FAILED ({failed})"
-            if told and stopped() is not None:  # preempted, not broken: the budget keeps it
+            if told and launch.stopped() is not None:  # preempted, not broken: the budget keeps it
                 requeue(study, trial)
                 outcome += "; enqueued again for the next worker"
         except UpdateFinishedTrialError:
