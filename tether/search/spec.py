@@ -21,6 +21,7 @@ points to try first, the budget per method, the sampler and pruner, and the fina
         head_radius: {low: 0.5, high: 30.0}
         enqueue: [{radius: 0.1, head_radius: 3.0}]
         warm_start: ftp                 # before those: the radii ftp's best trial learned
+        start_from: [{study: flowers/mars-pgm, top: 3}]   # then: an earlier search's best
       ftp: {k: {low: 0.1, high: 1.0, log: false}}
       wise-ft: {}                       # or any method with wise: true
     evaluation: {n_seeds: 5, refit: false}
@@ -44,6 +45,13 @@ dotted key, the value and what is allowed. The base recipe is validated with eve
 patch at the ends of its ranges and at each enqueued point. A ``warm_start`` must name a method
 of the same spec that learns radii; :class:`~tether.search.execution.runner.Search` runs that
 method's trials first.
+
+``start_from`` (:mod:`tether.search.start_from`) names earlier studies, in this storage or
+another (``storage: URL``), whose best ``top`` trials start a method's search, mapped onto its
+space by parameter name and clipped into it. A method takes a list of ``{study, top, storage}``
+(or ``{spec, ...}``: the study ``<spec>/<method>``); the spec's own ``start_from: {spec: NAME}``
+is the default of every method that searches something and names none (``start_from: []``
+turns it off). They are read when the studies are created and are not part of the space.
 
 ``callbacks`` (:mod:`tether.search.callbacks`) and ``artifacts`` (:mod:`tether.search.artifacts`)
 say where a process sends its trials' results besides the storage, not what the studies are:
@@ -85,6 +93,9 @@ from tether.search.space import IntRange
 from tether.search.space import MethodSpace
 from tether.search.space import Param
 from tether.search.space import method_spaces
+from tether.search.start_from import StartSource
+from tether.search.start_from import split_start_from
+from tether.search.start_from import start_sources
 
 
 __all__ = [
@@ -149,7 +160,8 @@ class StudySpec:
     ``condition`` names the variant of a spec with ``conditions:`` (``name`` is then
     ``<spec>.<condition>``); ``repeat`` numbers the independent searches of a spec with
     ``budget.repeats`` > 1 (``name`` then ends in ``~r<repeat>`` from repeat 1 on; repeat 0
-    keeps the name, see :func:`repeats_of`).
+    keeps the name, see :func:`repeats_of`). ``start_from`` holds each method's earlier
+    studies to start from (the spec's default applied; methods without any are absent).
     """
 
     name: str
@@ -164,6 +176,7 @@ class StudySpec:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     callbacks: tuple[CallbackSpec, ...] = ()
     artifacts: str | bool = True
+    start_from: dict[str, tuple[StartSource, ...]] = field(default_factory=dict)
     resolved_recipe: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -202,13 +215,21 @@ class StudySpec:
             "budget": to_dict(self.budget),
             "sampler": to_dict(self.sampler),
             "pruner": to_dict(self.pruner),
-            "methods": {m: space.to_data() for m, space in self.methods.items()},
+            "methods": {m: self._method_data(m) for m in self.methods},
             "evaluation": to_dict(self.evaluation),
             "base_recipe": self.base_recipe(),
         }
 
+    def _method_data(self, method: str) -> dict[str, Any]:
+        """A method's entry, with its ``start_from`` (storage passwords masked)."""
+        data = self.methods[method].to_data()
+        if method in self.start_from:
+            data["start_from"] = [source.to_data() for source in self.start_from[method]]
+        return data
+
     def fingerprint(self, method: str) -> str:
-        """sha256 of ``method``'s search space and the base recipe (not budget, not enqueue).
+        """sha256 of ``method``'s search space and the base recipe (not budget, not enqueue,
+        not start_from).
 
         Two specs with one fingerprint give the same trials the same meaning, so a search may
         go on in an existing study; any other change needs a new study.
@@ -240,6 +261,7 @@ SPEC_KEYS = (
     "evaluation",
     "callbacks",
     "artifacts",
+    "start_from",
 )
 CONDITION_KEYS = ("set", "methods")
 
@@ -409,10 +431,12 @@ def spec_from_dict(
     if not isinstance(overrides, Mapping):
         raise ConfigError(f"set must be a mapping of recipe keys to values, got {overrides!r}")
     overrides = _expand(overrides, "set")
+    methods_data, own_starts = split_start_from(data.get("methods"))
+    methods = method_spaces(methods_data)
     spec = StudySpec(
         name=name,
         recipe=recipe,
-        methods=method_spaces(data.get("methods")),
+        methods=methods,
         set=overrides,
         budget=from_dict(Budget, data.get("budget"), prefix="budget."),
         sampler=from_dict(SamplerConfig, data.get("sampler"), prefix="sampler."),
@@ -420,6 +444,7 @@ def spec_from_dict(
         evaluation=from_dict(EvaluationConfig, data.get("evaluation"), prefix="evaluation."),
         callbacks=callbacks_from_data(data.get("callbacks")),
         artifacts=_artifacts_setting(data.get("artifacts")),
+        start_from=start_sources(methods, own_starts, data.get("start_from")),
         resolved_recipe=_base_recipe(recipe, root, overrides),
     )
     _check_warm_starts(spec.methods)

@@ -8,6 +8,10 @@ it once (:func:`~tether.search.storage.creation_lock`). A warm-started
 method's budget waits for its source's trials (:func:`enqueue_warm_start`), since its first
 ticket holds the radii they learn. Every process that later works on the study checks it was
 made from the same search space and by the same Optuna major.
+
+A method's ``start_from`` studies (:mod:`tether.search.start_from`) are read once, when its study
+is created: their points are stored on it (:data:`~tether.search.start_from.START_ATTR`) and
+enqueued first in its budget (after a warm start's point), then the spec's ``enqueue``.
 """
 
 from __future__ import annotations
@@ -24,8 +28,15 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState
 
 from tether.errors import ConfigError
+from tether.progress import progress
 from tether.search.execution.tickets import TICKETS_ATTR
 from tether.search.execution.tickets import enqueue_tickets
+from tether.search.methods import get_method
+from tether.search.start_from import START_ATTR
+from tether.search.start_from import SourceStorages
+from tether.search.start_from import StartPoint
+from tether.search.start_from import point_params
+from tether.search.start_from import start_points
 from tether.search.storage import creation_lock
 from tether.search.storage import storage_url
 from tether.search.storage import study_names
@@ -68,19 +79,27 @@ def create_studies(
     processes creating the same studies at once, one enqueues the budget and the others find
     it there. A method with ``warm_start`` gets its budget later, from
     :func:`enqueue_warm_start`. ``groups`` are the model's layer groups (:func:`model_groups`
-    builds the model if absent).
+    builds the model if absent). The ``start_from`` studies of a method whose study has no
+    starting points yet are read before anything is written; one line each is printed
+    (:func:`~tether.progress.progress`) once the studies are created.
 
     Raises:
-        ConfigError: an existing study was made from a different search space.
+        ConfigError: an existing study was made from a different search space; a
+            ``start_from`` study cannot be read (missing, unreachable, no complete trial).
     """
     groups = model_groups(spec) if groups is None else groups
     chosen = list(methods or spec.methods)
     with creation_lock(storage, spec.name):
         existing = study_names(storage)
+        unstarted = []
         for method in chosen:  # every check before anything is written
             if spec.study_name(method) in existing:
                 study = optuna.load_study(study_name=spec.study_name(method), storage=storage)
                 check_compatible(study, spec, method)
+                if START_ATTR in study.user_attrs or TICKETS_ATTR in study.user_attrs:
+                    continue
+            unstarted.append(method)
+        starts, lines = _read_start_points(spec, storage, unstarted, groups=groups)
         studies = []
         for method in chosen:
             study = optuna.create_study(
@@ -96,12 +115,49 @@ def create_studies(
                 study.set_user_attr(
                     VERSION_ATTR, {"tether": __version__, "optuna": optuna.__version__}
                 )
+            if method in starts:
+                study.set_user_attr(START_ATTR, [point.to_data() for point in starts[method]])
             space = spec.methods[method]
             if space.warm_start is None:
                 points = [space.enqueue_params(point, groups=groups) for point in space.enqueue]
-                enqueue_tickets(study, n_trials=spec.n_trials(method), known=points)
+                known = [*point_params(study), *points]
+                enqueue_tickets(study, n_trials=spec.n_trials(method), known=known)
             studies.append(study)
+    for line in lines:
+        progress(line)
     return studies
+
+
+def _read_start_points(
+    spec: StudySpec,
+    storage: optuna.storages.BaseStorage,
+    methods: Sequence[str],
+    *,
+    groups: Sequence[str],
+) -> tuple[dict[str, list[StartPoint]], list[str]]:
+    """The points of each of ``methods`` that has ``start_from``, and the lines telling them."""
+    starts: dict[str, list[StartPoint]] = {}
+    lines: list[str] = []
+    with SourceStorages(storage) as storages:
+        for method in methods:
+            if method not in spec.start_from:
+                continue
+            starts[method], told = start_points(
+                spec.start_from[method],
+                target=spec.study_name(method),
+                space=spec.methods[method],
+                groups=groups,
+                storages=storages,
+                relative=_relative(spec, method) if get_method(method).constrained else None,
+            )
+            lines += told
+    return starts, lines
+
+
+def _relative(spec: StudySpec, method: str) -> bool:
+    """Whether ``method``'s radii are relative: its space's option, else the recipe's."""
+    relative = spec.methods[method].relative
+    return bool(spec.base_recipe()["constraint"]["relative"]) if relative is None else relative
 
 
 def name_metric(study: optuna.Study) -> None:
@@ -124,7 +180,8 @@ def enqueue_warm_start(
     """Enqueue the budget of the warm-started ``method`` once its source's trials are done.
 
     The first ticket holds the radii the source's best trial learned
-    (:func:`~tether.search.warm_start.warm_start_params`), the spec's enqueued points follow.
+    (:func:`~tether.search.warm_start.warm_start_params`), the points read from ``start_from``
+    studies when the study was created and the spec's enqueued points follow.
     Without a source study, or with no learned radii in it, the budget is enqueued without
     that point. Under the creation lock, so that of the processes that finish the source at
     once, one enqueues.
@@ -159,7 +216,8 @@ def enqueue_warm_start(
         first, line = _warm_start_point(spec, method, best, groups=groups)
         space = spec.methods[method]
         points = [space.enqueue_params(point, groups=groups) for point in space.enqueue]
-        enqueue_tickets(study, n_trials=spec.n_trials(method), known=[*first, *points])
+        known = [*first, *point_params(study), *points]
+        enqueue_tickets(study, n_trials=spec.n_trials(method), known=known)
     return line
 
 
@@ -176,10 +234,7 @@ def _warm_start_point(
     learned = None if best is None else Learned.of_trial(best)
     if best is None or learned is None:
         return [], f"[{name}] no radii learned in {source} to start from; the sampler starts"
-    relative = space.relative
-    if relative is None:
-        relative = bool(spec.base_recipe()["constraint"]["relative"])
-    start = warm_start_params(space, learned, groups=groups, relative=relative)
+    start = warm_start_params(space, learned, groups=groups, relative=_relative(spec, method))
     clipping = start.clipping()
     line = f"[{name}] first trial: the radii {source} trial {best.number} learned"
     return [start.params], f"{line}; {clipping}" if clipping else line
@@ -222,7 +277,7 @@ def check_compatible(study: optuna.Study, spec: StudySpec, method: str) -> None:
     stored = study.user_attrs.get(SPEC_ATTR, {})
     old_space = dict(stored.get("methods", {}).get(method) or {})
     new_space = spec.methods[method].to_data(enqueue=False)
-    for start in ("enqueue", "warm_start"):  # starting points may change: not the space
+    for start in ("enqueue", "warm_start", "start_from"):  # starting points: not the space
         old_space.pop(start, None)
     change = _first_difference(
         {"space": old_space, "recipe": stored.get("base_recipe")},
