@@ -132,7 +132,6 @@ def run_trial(trial: optuna.Trial, recipe: dict[str, Any], launch: Launch) -> fl
         trial, recipe=recipe, device=launch.slot.name, host=host, worker=f"{host}:{os.getpid()}"
     )
     log_path = launch.log_dir / f"trial-{trial.number:05d}.log"
-    started = time.monotonic()
     process = launch.launcher.start(
         recipe,
         device=launch.slot.visible_devices,
@@ -140,6 +139,10 @@ def run_trial(trial: optuna.Trial, recipe: dict[str, Any], launch: Launch) -> fl
         cache_dir=launch.cache_dir,
         target=launch.target,
     )
+    # The trial's seconds start once its process has: a fork-mode launcher's first start
+    # waits for the forkserver to preload torch, a cost of the runner, paid once, not of the
+    # trial that happens to come first (a search's compute would count it as that trial's).
+    started = time.monotonic()
     watch = _Watch(curve=[])
     launch.running(process)
     try:
