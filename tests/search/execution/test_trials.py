@@ -18,7 +18,7 @@ from tether.search.execution.trials import run_claimed
 from tether.testing.targets import trivial_target
 
 
-WAIT = 5.0  # what the first start waits for the forkserver, made long (a trial takes ~0.1 s)
+WAIT = 2.0  # what the first start waits for the forkserver, made long (a trial takes ~0.1 s)
 
 
 def test_a_trials_seconds_leave_out_the_wait_for_the_worker_to_start(
