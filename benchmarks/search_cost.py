@@ -800,7 +800,12 @@ def write_figure(records: Sequence[Mapping[str, Any]], path: Path) -> Path | Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="default: out/search-cost")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: benchmarks/search-cost (its records are committed)",
+    )
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=None, help="default: all"
     )
@@ -840,7 +845,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{s.name:18} {s.description}{' (extra)' if s.extra else ''}")
         return 0
     out = (
-        args.out or Path("out/search-cost-quick" if args.quick else "out/search-cost")
+        args.out or Path("out/search-cost-quick" if args.quick else "benchmarks/search-cost")
     ).resolve()
     if args.job is not None:
         run_search(out, load_setup(out, None), Job.parse(args.job), args.cache_dir)
