@@ -8,14 +8,17 @@ element-wise, the head is measured from zero, biases and betas are free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 import math
 from typing import Literal
 
+import pytest
 import torch
 from torch import nn
 
+from tether.errors import ConfigError
 from tether.finetune.layers import LayerGroups
 
 
@@ -175,3 +178,13 @@ def group_maxima(refs: list[Ref], norm: str) -> dict[str, float]:
         value = float(distances(ref, norm).max())
         out[ref.group] = max(out.get(ref.group, -math.inf), value)
     return out
+
+
+def config_error(fn: Callable[[], object], kind: str = "model") -> str:
+    """The message of the :class:`ConfigError` of ``kind`` that ``fn()`` raises: one line."""
+    with pytest.raises(ConfigError) as info:
+        fn()
+    assert info.value.kind == kind
+    message = str(info.value)
+    assert "\n" not in message
+    return message

@@ -20,7 +20,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights
 from torchvision.models import resnet18
 
-from tether.errors import ConfigError
+from tests.finetune.conftest import config_error
 from tether.finetune.models import HEADS
 from tether.finetune.models import BuiltModel
 from tether.finetune.models import HeadAdapter
@@ -70,15 +70,6 @@ def _feature_map_shape(name: str, image_size: int) -> tuple[int, ...]:
     with torch.no_grad():
         model(torch.zeros(1, 3, image_size, image_size))
     return shapes[0]
-
-
-def _error(fn: Callable[[], object], kind: str) -> str:
-    with pytest.raises(ConfigError) as info:
-        fn()
-    assert info.value.kind == kind
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 # --- head families ------------------------------------------------------------------------
@@ -132,14 +123,14 @@ def test_head_names() -> None:
 
 
 def test_flatten_is_not_defined_for_vit() -> None:
-    message = _error(
+    message = config_error(
         lambda: check_model(ModelConfig(name="vit_b_16", weights="none", head="flatten")), "model"
     )
     assert message.startswith("model.head 'flatten' is not defined for vit_b_16")
 
 
 def test_model_that_does_not_run_at_the_image_size() -> None:
-    message = _error(lambda: _build("digits-cnn", 1), "model")
+    message = config_error(lambda: _build("digits-cnn", 1), "model")
     assert message.startswith("model.name 'digits-cnn' does not run on 1x1 images")
 
 
@@ -147,7 +138,7 @@ def test_model_that_does_not_run_at_the_image_size() -> None:
 def test_bad_sizes(key: str, value: int) -> None:
     sizes = {"num_classes": 7, "image_size": 16, key: value}
     cfg = ModelConfig(name="digits-cnn", weights="none")
-    message = _error(
+    message = config_error(
         lambda: build_model(cfg, num_classes=sizes["num_classes"], image_size=sizes["image_size"]),
         "config",
     )
@@ -200,13 +191,13 @@ def test_default_config() -> None:
 
 
 def test_unknown_name_lists_the_choices() -> None:
-    message = _error(lambda: check_model(ModelConfig(name="resnet5")), "model")
+    message = config_error(lambda: check_model(ModelConfig(name="resnet5")), "model")
     assert message.startswith("model.name 'resnet5' is not a known model; choose from ")
     assert f"choose from {', '.join(list_models())}" in message
 
 
 def test_unsupported_family_lists_the_families() -> None:
-    message = _error(lambda: check_model(ModelConfig(name="densenet121")), "model")
+    message = config_error(lambda: check_model(ModelConfig(name="densenet121")), "model")
     assert message == (
         "model.name 'densenet121' is a DenseNet, a family with no head adapter; supported "
         f"families: {', '.join(list_head_families())}"
@@ -219,7 +210,7 @@ def test_weights_accepted(weights: str) -> None:
 
 
 def test_unknown_weights_lists_the_enum() -> None:
-    message = _error(lambda: check_model(ModelConfig(name="resnet50", weights="FOO")), "model")
+    message = config_error(lambda: check_model(ModelConfig(name="resnet50", weights="FOO")))
     assert message == (
         "model.weights 'FOO' is not a weights of resnet50; "
         "choose from DEFAULT, IMAGENET1K_V1, IMAGENET1K_V2, none"
@@ -228,7 +219,7 @@ def test_unknown_weights_lists_the_enum() -> None:
 
 
 def test_weights_of_another_enum_are_refused() -> None:
-    message = _error(
+    message = config_error(
         lambda: check_model(
             ModelConfig(name="resnet50", weights="ResNet18_Weights.IMAGENET1K_V1")
         ),
@@ -238,7 +229,7 @@ def test_weights_of_another_enum_are_refused() -> None:
 
 
 def test_digits_source_is_only_for_digits_cnn() -> None:
-    message = _error(
+    message = config_error(
         lambda: check_model(ModelConfig(name="resnet50", weights="digits-source")), "model"
     )
     assert message.startswith(
@@ -248,7 +239,7 @@ def test_digits_source_is_only_for_digits_cnn() -> None:
 
 
 def test_digits_cnn_takes_no_torchvision_weights() -> None:
-    message = _error(lambda: check_model(ModelConfig(name="digits-cnn")), "model")
+    message = config_error(lambda: check_model(ModelConfig(name="digits-cnn")), "model")
     assert message == (
         "model.weights 'DEFAULT' is not a weights of digits-cnn; choose from digits-source, none"
     )
@@ -258,12 +249,12 @@ def test_digits_cnn_takes_no_torchvision_weights() -> None:
 
 def test_digits_source_needs_the_checkpoint() -> None:
     cfg = ModelConfig(name="digits-cnn", weights="digits-source")
-    message = _error(lambda: build_model(cfg, num_classes=7, image_size=16), "model")
+    message = config_error(lambda: build_model(cfg, num_classes=7, image_size=16), "model")
     assert "model.checkpoint=PATH" in message
 
 
 def test_unknown_head() -> None:
-    message = _error(lambda: ModelConfig(name="resnet18", head="max"), "config")  # type: ignore[arg-type]
+    message = config_error(lambda: ModelConfig(name="resnet18", head="max"), "config")  # type: ignore[arg-type]
     assert message == "model.head 'max' is not a head; choose from flatten, gap"
 
 
@@ -296,7 +287,7 @@ def test_download_failure_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(ResNet18_Weights, "get_state_dict", no_internet)
     cfg = ModelConfig(name="resnet18", weights="IMAGENET1K_V1")
-    message = _error(lambda: build_model(cfg, num_classes=7, image_size=32), "model")
+    message = config_error(lambda: build_model(cfg, num_classes=7, image_size=32), "model")
     assert message.startswith(
         "model.weights: could not fetch ResNet18_Weights.IMAGENET1K_V1 for resnet18 from https://"
     )
@@ -371,7 +362,7 @@ def test_checkpoint_shape_mismatch(r18_state: dict[str, torch.Tensor], tmp_path:
     state = dict(r18_state)
     state["layer1.0.conv1.weight"] = torch.zeros(32, 64, 3, 3)
     torch.save(state, tmp_path / "ck.pt")
-    message = _error(_build_from(tmp_path / "ck.pt"), "checkpoint")
+    message = config_error(_build_from(tmp_path / "ck.pt"), "checkpoint")
     assert message == (
         "checkpoint ck.pt does not fit resnet18: layer1.0.conv1.weight is [32, 64, 3, 3] in the "
         "file, [64, 64, 3, 3] in the model"
@@ -385,7 +376,7 @@ def test_checkpoint_missing_and_unexpected_keys(
     del state["layer4.1.bn2.weight"], state["layer4.1.bn2.bias"]
     state["extra.weight"] = torch.zeros(3)
     torch.save(state, tmp_path / "ck.pt")
-    message = _error(_build_from(tmp_path / "ck.pt"), "checkpoint")
+    message = config_error(_build_from(tmp_path / "ck.pt"), "checkpoint")
     assert message == (
         "checkpoint ck.pt does not fit resnet18: 2 keys missing from the file "
         "(layer4.1.bn2.weight, layer4.1.bn2.bias), 1 unexpected key (extra.weight)"
@@ -394,19 +385,19 @@ def test_checkpoint_missing_and_unexpected_keys(
 
 def test_checkpoint_of_another_architecture(tmp_path: Path) -> None:
     torch.save(DigitsCNN(5).state_dict(), tmp_path / "ck.pt")
-    message = _error(_build_from(tmp_path / "ck.pt"), "checkpoint")
+    message = config_error(_build_from(tmp_path / "ck.pt"), "checkpoint")
     assert "keys missing from the file (conv1.weight, bn1.weight, bn1.bias, ...)" in message
     assert "unexpected keys (block1.0.weight, block1.1.weight, block1.1.bias, ...)" in message
 
 
 def test_checkpoint_missing_file(tmp_path: Path) -> None:
-    message = _error(_build_from(tmp_path / "nope.pt"), "checkpoint")
+    message = config_error(_build_from(tmp_path / "nope.pt"), "checkpoint")
     assert message == f"model.checkpoint '{tmp_path / 'nope.pt'}' does not exist"
 
 
 def test_checkpoint_garbage_file(tmp_path: Path) -> None:
     (tmp_path / "ck.pt").write_bytes(b"this is not a torch file")
-    message = _error(_build_from(tmp_path / "ck.pt"), "checkpoint")
+    message = config_error(_build_from(tmp_path / "ck.pt"), "checkpoint")
     assert message.startswith(f"checkpoint {tmp_path / 'ck.pt'} is not a file torch.load can read")
 
 
@@ -420,14 +411,14 @@ def test_checkpoint_with_python_objects_is_refused(
 ) -> None:
     with (tmp_path / "ck.pt").open("wb") as f:
         save({"state_dict": Payload()}, f)
-    message = _error(_build_from(tmp_path / "ck.pt"), "checkpoint")
+    message = config_error(_build_from(tmp_path / "ck.pt"), "checkpoint")
     assert "cannot be loaded with weights_only=True" in message
     assert message.endswith("save model.state_dict() instead")
 
 
 def test_checkpoint_without_a_state_dict(tmp_path: Path) -> None:
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "ck.pt")
-    message = _error(_build_from(tmp_path / "ck.pt"), "checkpoint")
+    message = config_error(_build_from(tmp_path / "ck.pt"), "checkpoint")
     assert message.endswith(
         "holds no state dict: expected a dict of tensors, or one under 'state_dict' or "
         "'model'; found a dict with keys epoch, lr"

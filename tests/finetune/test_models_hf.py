@@ -4,7 +4,6 @@ Nothing is downloaded: tiny configs are saved into temporary folders."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import json
 from pathlib import Path
 import sys
@@ -22,8 +21,8 @@ from transformers import ViTConfig
 from transformers import ViTForImageClassification
 import yaml
 
+from tests.finetune.conftest import config_error
 from tether.cli import main
-from tether.errors import ConfigError
 from tether.finetune.layers import HEAD
 from tether.finetune.layers import layer_groups
 from tether.finetune.layers import summarize_groups
@@ -60,15 +59,6 @@ def vit_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _build(name: str, weights: str = "pretrained", size: int = SIZE, **kw: Any) -> BuiltModel:
     return build_model(ModelConfig(name=name, weights=weights, **kw), num_classes=CLASSES,
                        image_size=size)  # fmt: skip
-
-
-def _error(fn: Callable[[], object], kind: str = "model") -> str:
-    with pytest.raises(ConfigError) as info:
-        fn()
-    assert info.value.kind == kind
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 # --- loading, the hook, the head ------------------------------------------------------------
@@ -159,13 +149,13 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(vit_folder: Path, tmp_path: 
     torch.save(state, tmp_path / "bad.pt")
     bad_shape = lambda: _build(f"hf/{vit_folder}", weights="none",  # noqa: E731
                                checkpoint=str(tmp_path / "bad.pt"))  # fmt: skip
-    assert _error(bad_shape, "checkpoint") == (
+    assert config_error(bad_shape, "checkpoint") == (
         "the checkpoint does not fit ViTForImageClassification: vit.layers.1.mlp.fc2.weight is "
         "[32, 32] in the file, [32, 64] in the model"
     )
     del state["vit.encoder.layer.1.output.dense.weight"]
     torch.save(state, tmp_path / "bad.pt")
-    message = _error(bad_shape, "checkpoint")
+    message = config_error(bad_shape, "checkpoint")
     assert message.startswith(f"checkpoint bad.pt does not fit hf/{vit_folder}: 2 keys missing")
     assert "vit.layernorm.weight" in message
 
@@ -203,12 +193,12 @@ def test_many_layers_are_cut_into_four_bands(tmp_path: Path) -> None:
 
 
 def test_a_folder_without_config_json_is_one_line(tmp_path: Path) -> None:
-    message = _error(lambda: check_model(ModelConfig(name=f"hf/{tmp_path}")))
+    message = config_error(lambda: check_model(ModelConfig(name=f"hf/{tmp_path}")))
     assert message == (
         f"model.name: folder {tmp_path} has no config.json (a Hugging Face model folder is what "
         "save_pretrained writes)"
     )
-    bare = _error(lambda: check_model(ModelConfig(name=str(tmp_path))))
+    bare = config_error(lambda: check_model(ModelConfig(name=str(tmp_path))))
     assert "(a folder, but with no config.json: not a Hugging Face model folder)" in bare
 
 
@@ -225,19 +215,19 @@ def test_bad_names_and_weights_are_one_line(
     name: str | None, weights: str, needle: str, vit_folder: Path
 ) -> None:
     cfg = ModelConfig(name=name or f"hf/{vit_folder}", weights=weights)
-    assert needle in _error(lambda: check_model(cfg))
+    assert needle in config_error(lambda: check_model(cfg))
 
 
 def test_pretrained_needs_a_weights_file(tmp_path: Path) -> None:
     _vit_config().save_pretrained(tmp_path)  # config.json only
     check_model(ModelConfig(name=f"hf/{tmp_path}", weights="none"))
-    message = _error(lambda: check_model(ModelConfig(name=f"hf/{tmp_path}")))
+    message = config_error(lambda: check_model(ModelConfig(name=f"hf/{tmp_path}")))
     assert message.startswith(f"model.weights: folder {tmp_path} has no weights")
 
 
 def test_a_model_that_is_not_an_image_classifier_is_one_line(tmp_path: Path) -> None:
     BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path)
-    message = _error(lambda: check_model(ModelConfig(name=f"hf/{tmp_path}", weights="none")))
+    message = config_error(lambda: check_model(ModelConfig(name=f"hf/{tmp_path}", weights="none")))
     assert message == (
         f"model.name: {tmp_path} is a 'bert' model, for which transformers has no image classifier"
     )
@@ -245,7 +235,7 @@ def test_a_model_that_is_not_an_image_classifier_is_one_line(tmp_path: Path) -> 
 
 def test_flatten_is_not_defined(vit_folder: Path) -> None:
     cfg = ModelConfig(name=f"hf/{vit_folder}", head="flatten")
-    assert "not defined for Hugging Face models" in _error(lambda: check_model(cfg))
+    assert "not defined for Hugging Face models" in config_error(lambda: check_model(cfg))
 
 
 def test_an_unreachable_hub_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -255,7 +245,7 @@ def test_an_unreachable_hub_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", offline)
     check_model(ModelConfig(name="hf/google/vit-base-patch16-224", weights="none"))  # no I/O
     cfg = ModelConfig(name="hf/google/vit-base-patch16-224", weights="none")
-    message = _error(lambda: build_model(cfg, num_classes=2, image_size=SIZE))
+    message = config_error(lambda: build_model(cfg, num_classes=2, image_size=SIZE))
     assert message.startswith(
         "model.name: could not load google/vit-base-patch16-224 from the Hugging Face Hub "
         "(OSError: We couldn't connect"
@@ -266,7 +256,7 @@ def test_missing_transformers_says_which_extra(
     vit_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "transformers", None)
-    message = _error(lambda: check_model(ModelConfig(name="hf/google/vit-base-patch16-224")))
+    message = config_error(lambda: check_model(ModelConfig(name="hf/google/vit-base-patch16-224")))
     assert message == (
         "model.name: google/vit-base-patch16-224 is a Hugging Face model, which needs the "
         "transformers package: install tether[transformers]"

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 import yaml
 
+from tests.finetune.conftest import config_error
 from tether.cli import main
-from tether.errors import ConfigError
 from tether.finetune.layers import HEAD
 from tether.finetune.layers import LayerGroups
 from tether.finetune.layers import layer_groups
@@ -60,15 +60,6 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 def _built(name: str) -> BuiltModel:
     cfg = ModelConfig(name=f"timm/{name}", weights="none")
     return build_model(cfg, num_classes=CLASSES, image_size=IMAGE_SIZE)
-
-
-def _error(fn: Callable[[], object], kind: str = "model") -> str:
-    with pytest.raises(ConfigError) as info:
-        fn()
-    assert info.value.kind == kind
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 # --- heads and layer groups, one small model per family -------------------------------------
@@ -234,7 +225,7 @@ def test_weights_choices_and_classifier_name() -> None:
 
 
 def test_an_unknown_name_suggests_close_ones() -> None:
-    message = _error(lambda: check_model(ModelConfig(name="timm/resnet19")))
+    message = config_error(lambda: check_model(ModelConfig(name="timm/resnet19")))
     assert message.startswith("model.name 'timm/resnet19' is not a timm model; did you mean ")
     assert "timm/resnet18" in message
 
@@ -261,7 +252,7 @@ def test_an_unknown_name_suggests_close_ones() -> None:
     ids=["tag", "no-pretrained", "weights", "flatten", "two-classifiers", "empty"],
 )
 def test_bad_timm_configs_are_one_line(cfg: ModelConfig, needle: str) -> None:
-    assert needle in _error(lambda: check_model(cfg))
+    assert needle in config_error(lambda: check_model(cfg))
 
 
 def test_a_checkpoint_replaces_the_weights_check() -> None:
@@ -270,7 +261,7 @@ def test_a_checkpoint_replaces_the_weights_check() -> None:
 
 def test_missing_timm_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm now raises ImportError
-    message = _error(lambda: check_model(ModelConfig(name="timm/resnet18")))
+    message = config_error(lambda: check_model(ModelConfig(name="timm/resnet18")))
     assert message == "model.name 'timm/resnet18' needs the timm package: install tether[timm]"
 
 
@@ -300,7 +291,7 @@ def test_a_failed_download_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
         raise OSError("Temporary failure in name resolution")
 
     monkeypatch.setattr(timm, "create_model", offline)
-    message = _error(lambda: build_model(ModelConfig(name="timm/resnet18"), num_classes=4,
+    message = config_error(lambda: build_model(ModelConfig(name="timm/resnet18"), num_classes=4,
                                          image_size=32))  # fmt: skip
     assert message == (
         "model.weights: could not fetch the pretrained weights of timm/resnet18 (OSError: "
@@ -311,7 +302,7 @@ def test_a_failed_download_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_size_the_model_cannot_run_at_is_one_line() -> None:
     cfg = ModelConfig(name="timm/vit_tiny_patch16_224", weights="none")
-    message = _error(lambda: build_model(cfg, num_classes=3, image_size=8))
+    message = config_error(lambda: build_model(cfg, num_classes=3, image_size=8))
     assert message.startswith("model.name 'timm/vit_tiny_patch16_224' does not run on 8x8 images")
 
 
@@ -323,7 +314,7 @@ def test_a_size_the_model_cannot_be_built_for_is_one_line(
 
     monkeypatch.setattr(timm, "create_model", refuse)
     cfg = ModelConfig(name="timm/vit_tiny_patch16_224", weights="none")
-    message = _error(lambda: build_model(cfg, num_classes=3, image_size=40))
+    message = config_error(lambda: build_model(cfg, num_classes=3, image_size=40))
     assert message == (
         "model.name 'timm/vit_tiny_patch16_224' cannot be built for 40x40 images "
         "(data.image_size): AssertionError: img_size must be a multiple of the window"
@@ -367,7 +358,7 @@ def test_a_vit_checkpoint_at_another_size_is_resized_as_timm_does(tmp_path: Path
 def test_a_checkpoint_of_another_model_is_one_line(tmp_path: Path) -> None:
     torch.save(timm.create_model("resnet10t").state_dict(), tmp_path / "r10.pt")
     cfg = ModelConfig(name="timm/resnet18", checkpoint=str(tmp_path / "r10.pt"))
-    message = _error(lambda: build_model(cfg, num_classes=3, image_size=32), "checkpoint")
+    message = config_error(lambda: build_model(cfg, num_classes=3, image_size=32), "checkpoint")
     assert message.startswith("checkpoint r10.pt does not fit timm/resnet18: ")
 
 
