@@ -468,7 +468,7 @@ def run_search(out: Path, setup: Setup, job: Job, cache_dir: str | None) -> dict
         "variant": job.variant,
         "strategy": job.strategy,
         "seed": job.seed,
-        "spec": spec,
+        "spec": {**spec, "recipe": str(RECIPE.relative_to(ROOT))},  # no machine's paths
         "trials": trial_rows(url),
         "best": None
         if best is None
