@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
+import torch.distributed as dist
 
 from tests.finetune.conftest import TINY_GROUPS
 from tether.finetune.layers import LayerGroups
@@ -49,3 +52,12 @@ def two_linears() -> tuple[nn.Sequential, LayerGroups]:
 def penalty_value(penalty: BasePenalty) -> float:
     """The penalty's value on a blank batch."""
     return float(penalty(torch.zeros(2, 3, 8, 8)).detach())
+
+
+@pytest.fixture(scope="module")
+def process_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A one-process gloo group, for DistributedDataParallel on the CPU."""
+    store = tmp_path_factory.mktemp("dist") / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()

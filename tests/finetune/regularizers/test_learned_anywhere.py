@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.data import TensorDataset
@@ -26,15 +24,6 @@ from tether.finetune.regularizers._tpgm import TPGM
 Wrap = Callable[[nn.Module], nn.Module]
 GROUPS = LayerGroups({"extractor": ("0",), "head": ("2",)})
 STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def process_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A one-process gloo group, for DistributedDataParallel on the CPU."""
-    store = tmp_path_factory.mktemp("dist") / "store"
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 @pytest.fixture(params=["DataParallel", "DistributedDataParallel", "compile"])

@@ -4,13 +4,11 @@ projection does: a penalty built from a wrapped model is the one built from the 
 from __future__ import annotations
 
 from collections.abc import Callable
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
-import torch.distributed as dist
 from torchvision.models import resnet18
 
 from tests.finetune.conftest import perturb_
@@ -26,15 +24,6 @@ from tether.finetune.regularizers._delta import DeltaPenalty
 
 Wrap = Callable[[nn.Module], nn.Module]
 WRAPPERS = ["DataParallel", "DistributedDataParallel", "compile"]
-
-
-@pytest.fixture(scope="module")
-def process_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A one-process gloo group, for DistributedDataParallel on the CPU."""
-    store = tmp_path_factory.mktemp("dist") / "store"
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
 
 
 @pytest.fixture(params=WRAPPERS)
