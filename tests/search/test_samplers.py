@@ -24,7 +24,7 @@ from tether.search.samplers import repeat_seed
 
 
 def _first_point(cfg: SamplerConfig, worker: int) -> float:
-    study = optuna.create_study(sampler=make_sampler(cfg, offset=worker))
+    study = optuna.create_study(sampler=make_sampler(cfg, offset=worker, n_trials=20))
     return study.ask().suggest_float("x", 1e-3, 1.0, log=True)
 
 
@@ -56,7 +56,7 @@ def test_bad_configs_name_the_key_and_the_choices(
 
 def test_duplicate_registration_raises() -> None:
     with pytest.raises(ValueError, match="already registered"):
-        register_sampler("tpe")(lambda seed: optuna.samplers.RandomSampler(seed=seed))
+        register_sampler("tpe")(lambda cfg, n: optuna.samplers.RandomSampler(seed=cfg.seed))
     with pytest.raises(ValueError, match="already registered"):
         register_pruner("none")(lambda cfg, epochs: optuna.pruners.NopPruner())
 
@@ -65,21 +65,56 @@ def test_duplicate_registration_raises() -> None:
 def test_every_sampler_builds_without_deprecated_arguments(name: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sampler = make_sampler(SamplerConfig(name=name, seed=3), offset=0)
+        sampler = make_sampler(SamplerConfig(name=name, seed=3), offset=0, n_trials=20)
     assert isinstance(sampler, optuna.samplers.BaseSampler)
 
 
 def test_cmaes_builds() -> None:  # the cmaes extra, which make test installs
     assert isinstance(
-        make_sampler(SamplerConfig(name="cmaes"), offset=0), optuna.samplers.CmaEsSampler
+        make_sampler(SamplerConfig(name="cmaes"), offset=0, n_trials=20),
+        optuna.samplers.CmaEsSampler,
     )
 
 
-def test_tpe_keeps_the_optuna5_defaults() -> None:
-    sampler = make_sampler(SamplerConfig(), offset=0)
+def test_tpe_keeps_the_optuna5_defaults_but_sizes_its_start_up_to_the_budget() -> None:
+    sampler = make_sampler(SamplerConfig(), offset=0, n_trials=20)
     assert isinstance(sampler, optuna.samplers.TPESampler)
     assert sampler._constant_liar is True
     assert sampler._multivariate is None  # None = multivariate for one objective in Optuna 5
+    assert sampler._n_startup_trials == 5  # a quarter of 20 (Optuna's own default: 10)
+
+
+@pytest.mark.parametrize(("n_trials", "startup"), [(1, 1), (4, 1), (8, 2), (20, 5), (41, 10)])
+def test_the_default_start_up_is_a_quarter_of_the_budget_up_to_optunas_ten(
+    n_trials: int, startup: int
+) -> None:
+    sampler = make_sampler(SamplerConfig(), offset=0, n_trials=n_trials)
+    assert sampler._n_startup_trials == startup  # type: ignore[attr-defined]
+
+
+def test_the_spec_may_name_the_start_up_and_independent_tpe() -> None:
+    cfg = from_dict(
+        SamplerConfig, {"n_startup_trials": 10, "multivariate": False}, prefix="sampler."
+    )
+    sampler = make_sampler(cfg, offset=0, n_trials=20)
+    assert (sampler._n_startup_trials, sampler._multivariate) == (10, False)  # type: ignore[attr-defined]
+    gp = make_sampler(SamplerConfig(name="gp", n_startup_trials=3), offset=0, n_trials=20)
+    assert gp._n_startup_trials == 3  # type: ignore[attr-defined]
+    cmaes = make_sampler(SamplerConfig(name="cmaes"), offset=0, n_trials=20)
+    assert cmaes._n_startup_trials == 5  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"n_startup_trials": -1}, "sampler.n_startup_trials must be >= 0"),
+        ({"name": "random", "n_startup_trials": 3}, "does not apply to the random sampler"),
+        ({"name": "gp", "multivariate": False}, "applies to tpe only"),
+    ],
+)
+def test_sampler_options_that_cannot_apply_are_bad_input(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(SamplerConfig, data, prefix="sampler.")
 
 
 def test_offset_seed_policy() -> None:
@@ -134,3 +169,11 @@ def test_pruners() -> None:
     assert isinstance(make_pruner(PrunerConfig(name="none"), epochs=1), optuna.pruners.NopPruner)
     with pytest.raises(ValueError, match="epochs"):
         make_pruner(PrunerConfig(), epochs=0)
+
+
+@pytest.mark.parametrize(("epochs", "warmup"), [(1, 0), (3, 1), (30, 8), (80, 20)])
+def test_the_default_median_pruner_waits_a_quarter_of_the_epochs(epochs: int, warmup: int) -> None:
+    median = make_pruner(PrunerConfig(), epochs=epochs)
+    assert (median._n_startup_trials, median._n_warmup_steps) == (5, warmup)  # type: ignore[attr-defined]
+    explicit = make_pruner(PrunerConfig(n_warmup_steps=0), epochs=epochs)
+    assert explicit._n_warmup_steps == 0  # type: ignore[attr-defined]

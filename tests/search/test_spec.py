@@ -138,7 +138,9 @@ def test_load_spec_refuses_a_file_with_several_conditions(tmp_path: Path) -> Non
 
 def _first_radius(spec: StudySpec) -> float:
     """The radius the spec's sampler proposes first (the spec's sampler is ``random``)."""
-    study = optuna.create_study(sampler=make_sampler(spec.sampler, offset=0))
+    study = optuna.create_study(
+        sampler=make_sampler(spec.sampler, offset=0, n_trials=spec.budget.n_trials)
+    )
     return study.ask().suggest_float("radius", 0.01, 2.0, log=True)
 
 

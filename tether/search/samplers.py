@@ -14,7 +14,7 @@ Optuna does not store samplers or pruners in its storage, so every worker rebuil
 same spec.
 
 Example:
-    >>> type(make_sampler(SamplerConfig(name="tpe", seed=7), offset=1)).__name__
+    >>> type(make_sampler(SamplerConfig(name="tpe", seed=7), offset=1, n_trials=20)).__name__
     'TPESampler'
     >>> type(make_pruner(PrunerConfig(name="hyperband"), epochs=30)).__name__
     'HyperbandPruner'
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import replace
 import importlib.util
 
 import optuna
@@ -37,17 +38,77 @@ SEED_OFFSETS = 100_000
 """A process's seed offset is below this; the repeats of a search are this far apart."""
 
 
+STARTUP_SHARE = 0.25
+"""The default random start-up of a sampler, as a share of the budget (at most
+:data:`MAX_STARTUP` trials). Measured: ``benchmarks/search_cost.md``."""
+MAX_STARTUP = 10
+"""The default start-up never exceeds Optuna's own default (10 trials)."""
+WARMUP_SHARE = 0.25
+"""The median pruner's default warm-up, as a share of a trial's epochs."""
+
+
+def default_startup(n_trials: int) -> int:
+    """The random start-up trials of a search of ``n_trials`` when the spec names none: a
+    quarter of the budget, between 1 and Optuna's default of 10.
+
+    With Optuna's 10, a 20-trial search spends half its budget at random and an 8-trial one
+    all of it; ``benchmarks/search_cost.md`` measures the quarter.
+
+    Example:
+        >>> default_startup(8), default_startup(20), default_startup(200)
+        (2, 5, 10)
+    """
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials!r}")
+    return max(1, min(MAX_STARTUP, int(n_trials * STARTUP_SHARE)))
+
+
+def default_warmup(epochs: int) -> int:
+    """The median pruner's warm-up when the spec names none: a quarter of the epochs.
+
+    With none, a trial's first epoch or two decide, and they rank the radii by how fast a
+    trial starts, not where it ends (``benchmarks/search_cost.md``).
+
+    Example:
+        >>> default_warmup(80), default_warmup(30), default_warmup(1)
+        (20, 8, 0)
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs!r}")
+    return round(epochs * WARMUP_SHARE)
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
-    """``sampler:`` of a study spec: the algorithm and the base seed (``None``: random)."""
+    """``sampler:`` of a study spec: the algorithm, the base seed (``None``: random), the
+    random start-up trials of ``tpe``, ``gp`` and ``cmaes`` (``None``: :func:`default_startup`
+    of the budget) and whether ``tpe`` models the parameters jointly (Optuna 5's default).
+    """
 
     name: str = "tpe"
     seed: int | None = None
+    n_startup_trials: int | None = None
+    multivariate: bool = True
 
     def __post_init__(self) -> None:
         _SAMPLERS.get(self.name, key="sampler.name")
         if self.seed is not None and self.seed < 0:
             raise ConfigError(f"sampler.seed must be >= 0 or null, got {self.seed!r}")
+        if self.n_startup_trials is not None:
+            if self.n_startup_trials < 0:
+                raise ConfigError(
+                    f"sampler.n_startup_trials must be >= 0 or null, got {self.n_startup_trials!r}"
+                )
+            if self.name == "random":
+                raise ConfigError("sampler.n_startup_trials does not apply to the random sampler")
+        if not self.multivariate and self.name != "tpe":
+            raise ConfigError(f"sampler.multivariate applies to tpe only, not {self.name!r}")
+
+    def startup(self, n_trials: int) -> int:
+        """The start-up trials of a search of ``n_trials`` (the spec's, else the default)."""
+        if self.n_startup_trials is None:
+            return default_startup(n_trials)
+        return self.n_startup_trials
 
 
 @dataclass(frozen=True)
@@ -55,29 +116,37 @@ class PrunerConfig:
     """``pruner:`` of a study spec. Steps are epochs.
 
     ``n_startup_trials`` and ``n_warmup_steps`` are the median pruner's: no pruning before that
-    many trials have finished, nor before that epoch of a trial.
+    many trials have finished, nor before that epoch of a trial (``None``: :func:`default_warmup`
+    of the recipe's epochs).
     """
 
     name: str = "median"
     n_startup_trials: int = 5
-    n_warmup_steps: int = 0
+    n_warmup_steps: int | None = None
 
     def __post_init__(self) -> None:
         _PRUNERS.get(self.name, key="pruner.name")
         for key in ("n_startup_trials", "n_warmup_steps"):
             value = getattr(self, key)
-            if value < 0:
+            if value is not None and value < 0:
                 raise ConfigError(f"pruner.{key} must be >= 0, got {value!r}")
 
+    def warmup(self, epochs: int) -> int:
+        """The warm-up epochs of a trial of ``epochs`` (the spec's, else the default)."""
+        return default_warmup(epochs) if self.n_warmup_steps is None else self.n_warmup_steps
 
-SamplerBuilder = Callable[[int | None], optuna.samplers.BaseSampler]
+
+SamplerBuilder = Callable[[SamplerConfig, int], optuna.samplers.BaseSampler]
 PrunerBuilder = Callable[[PrunerConfig, int], optuna.pruners.BasePruner]
 _SAMPLERS: Registry[SamplerBuilder] = Registry("sampler")
 _PRUNERS: Registry[PrunerBuilder] = Registry("pruner")
 
 
 def register_sampler(name: str) -> Callable[[SamplerBuilder], SamplerBuilder]:
-    """Register a sampler builder ``(seed) -> sampler`` under ``name`` (a new name)."""
+    """Register a sampler builder ``(config, n_trials) -> sampler`` under ``name`` (a new
+    name). ``config`` is the spec's ``sampler:`` with the seed of one process
+    (:func:`offset_seed`); ``n_trials`` is the budget (see :meth:`SamplerConfig.startup`).
+    """
     return _SAMPLERS.register(name)
 
 
@@ -97,19 +166,24 @@ def list_pruners() -> list[str]:
 
 
 @register_sampler("tpe")
-def _tpe(seed: int | None) -> optuna.samplers.BaseSampler:
-    """TPE with Optuna 5's defaults: multivariate and constant liar are on already."""
-    return optuna.samplers.TPESampler(seed=seed)
+def _tpe(cfg: SamplerConfig, n_trials: int) -> optuna.samplers.BaseSampler:
+    """TPE with Optuna 5's defaults (multivariate for one objective, constant liar) but the
+    start-up; ``multivariate: false`` models each parameter on its own (Optuna 4, hyperopt)."""
+    return optuna.samplers.TPESampler(
+        seed=cfg.seed,
+        n_startup_trials=cfg.startup(n_trials),
+        multivariate=None if cfg.multivariate else False,  # None: Optuna 5's own choice
+    )
 
 
 @register_sampler("gp")
-def _gp(seed: int | None) -> optuna.samplers.BaseSampler:
+def _gp(cfg: SamplerConfig, n_trials: int) -> optuna.samplers.BaseSampler:
     """Gaussian-process BO (stable in Optuna 5, pending-aware for parallel workers)."""
-    return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.GPSampler(seed=cfg.seed, n_startup_trials=cfg.startup(n_trials))
 
 
 @register_sampler("cmaes")
-def _cmaes(seed: int | None) -> optuna.samplers.BaseSampler:
+def _cmaes(cfg: SamplerConfig, n_trials: int) -> optuna.samplers.BaseSampler:
     """CMA-ES. It ignores categorical parameters (``norm`` of ``pgm`` is sampled at random).
 
     Needs the ``cmaes`` package, which Optuna imports only at the first sample; checked here so
@@ -119,20 +193,20 @@ def _cmaes(seed: int | None) -> optuna.samplers.BaseSampler:
         raise ConfigError(
             "sampler.name 'cmaes' needs the cmaes package: pip install 'tether[cmaes]'"
         )
-    return optuna.samplers.CmaEsSampler(seed=seed)
+    return optuna.samplers.CmaEsSampler(seed=cfg.seed, n_startup_trials=cfg.startup(n_trials))
 
 
 @register_sampler("random")
-def _random(seed: int | None) -> optuna.samplers.BaseSampler:
+def _random(cfg: SamplerConfig, n_trials: int) -> optuna.samplers.BaseSampler:
     """Uniform (log-uniform) random search."""
-    return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=cfg.seed)
 
 
 @register_pruner("median")
 def _median(cfg: PrunerConfig, epochs: int) -> optuna.pruners.BasePruner:
     """Stop a trial whose epoch value is below the median of earlier trials at that epoch."""
     return optuna.pruners.MedianPruner(
-        n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps
+        n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.warmup(epochs)
     )
 
 
@@ -178,14 +252,18 @@ def repeat_seed(seed: int | None, repeat: int) -> int | None:
     return offset_seed(seed, repeat * SEED_OFFSETS)
 
 
-def make_sampler(cfg: SamplerConfig, *, offset: int) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: SamplerConfig, *, offset: int, n_trials: int) -> optuna.samplers.BaseSampler:
     """The sampler ``cfg`` names, seeded for this process (see :func:`offset_seed`).
 
     Args:
         cfg: the spec's ``sampler:`` section.
         offset: a number the caller derives from host and process, distinct per process.
+        n_trials: the search's budget, which sizes the default start-up.
     """
-    return _SAMPLERS.get(cfg.name)(offset_seed(cfg.seed, offset))
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials!r}")
+    seeded = replace(cfg, seed=offset_seed(cfg.seed, offset))
+    return _SAMPLERS.get(cfg.name)(seeded, n_trials)
 
 
 def make_pruner(cfg: PrunerConfig, *, epochs: int) -> optuna.pruners.BasePruner:

@@ -399,7 +399,9 @@ class Search(TicketRunner):
             spec,
             storage,
             methods,
-            sampler=lambda: make_sampler(spec.sampler, offset=seed_offset),
+            sampler=lambda: make_sampler(
+                spec.sampler, offset=seed_offset, n_trials=spec.budget.n_trials
+            ),
             pruner=lambda: make_pruner(spec.pruner, epochs=self.epochs),
         )
         self.states = []
