@@ -118,6 +118,11 @@ class Job:
         return cls(variant, strategy, int(seed.removeprefix("s")))
 
 
+OPTUNA_TPE = {"name": "tpe", "n_startup_trials": 10}
+"""Tether's ``tpe`` with Optuna's own start-up of 10 trials: the sampler of the strategies below
+that change something else (Tether's default sizes the start-up to the budget)."""
+
+
 @dataclass(frozen=True)
 class Strategy:
     """One way of searching, as a patch of the spec.
@@ -125,8 +130,8 @@ class Strategy:
     Attributes:
         name: the row of the tables.
         description: what it changes, for ``--list``.
-        sampler: a sampler name (Tether's or one of :func:`register_samplers`'); None: the
-            spec names none, only its seed.
+        sampler: ``sampler:`` of the spec, but the seed; None: the spec names only the seed
+            (Tether's default sampler).
         pruner: ``pruner:`` of the spec; None: the spec names none (Tether's default).
         warmup_share: the median pruner's ``n_warmup_steps`` as a share of the epochs.
         relative: radii relative to each row's pretrained norm (else absolute, rescaled
@@ -144,7 +149,7 @@ class Strategy:
 
     name: str
     description: str
-    sampler: str | None = "tpe"
+    sampler: Mapping[str, Any] | None = field(default_factory=lambda: dict(OPTUNA_TPE))
     pruner: Mapping[str, Any] | None = field(default_factory=lambda: {"name": "none"})
     warmup_share: float | None = None
     relative: bool = True
@@ -171,9 +176,7 @@ class Strategy:
             entry["start_from"] = [{**source, "top": START_TOP}]
         seed += self.seed_offset
         data: dict[str, Any] = {
-            "sampler": {"seed": seed}
-            if self.sampler is None
-            else {"name": self.sampler, "seed": seed},
+            "sampler": {**(self.sampler or {}), "seed": seed},
             "methods": {**self.sources, METHOD: entry},
         }
         if self.pruner is not None:
@@ -188,17 +191,17 @@ STRATEGIES: tuple[Strategy, ...] = (
         "reference",
         "the MARS code's protocol: independent TPE (10 random start-up trials), no pruning, "
         "one absolute radius",
-        sampler="tpe-independent",
+        sampler={**OPTUNA_TPE, "multivariate": False},
         relative=False,
     ),
     Strategy(
         "relative",
         "the reference with radii relative to each row's pretrained norm",
-        sampler="tpe-independent",
+        sampler={**OPTUNA_TPE, "multivariate": False},
     ),
     Strategy(
         "tpe",
-        "Tether's sampler (Optuna's multivariate TPE), relative radii, no pruning: "
+        "Optuna's multivariate TPE (10 start-up trials), relative radii, no pruning: "
         "the base of the strategies below",
     ),
     Strategy(
@@ -208,26 +211,36 @@ STRATEGIES: tuple[Strategy, ...] = (
         pruner=None,
     ),
     Strategy(
+        "median-no-warmup",
+        "tpe with median pruning after 5 trials from the first epoch (the defaults until "
+        "this benchmark)",
+        pruner={"name": "median", "n_startup_trials": 5, "n_warmup_steps": 0},
+    ),
+    Strategy(
         "median",
-        "median pruning after 5 trials, none before a quarter of the epochs",
+        "tpe with median pruning after 5 trials, none before a quarter of the epochs",
         pruner={"name": "median", "n_startup_trials": 5},
         warmup_share=0.25,
     ),
-    Strategy("hyperband", "Hyperband over epochs", pruner={"name": "hyperband"}),
-    Strategy("gp", "the Gaussian-process sampler", sampler="gp"),
+    Strategy("hyperband", "tpe with Hyperband over epochs", pruner={"name": "hyperband"}),
+    Strategy(
+        "gp",
+        "the Gaussian-process sampler (10 start-up trials)",
+        sampler={"name": "gp", "n_startup_trials": 10},
+    ),
     Strategy(
         "tpe-multivariate",
         "multivariate TPE with a start-up of a quarter of the budget",
-        sampler="tpe-sized",
+        sampler={"name": "tpe", "n_startup_trials": 5},
     ),
     Strategy(
         "warm-known",
-        "the recipe's radii (0.1 / 3.0) as the first trial",
+        "tpe, the recipe's radii (0.1 / 3.0) as the first trial",
         options={"enqueue": [KNOWN_POINT]},
     ),
     Strategy(
         "warm-ftp",
-        "FTP's learned radii as the first trial (its one run counts)",
+        "tpe, FTP's learned radii as the first trial (its one run counts)",
         options={"warm_start": "ftp"},
         sources={"ftp": {}},
     ),
@@ -235,7 +248,7 @@ STRATEGIES: tuple[Strategy, ...] = (
         "random",
         "random search: what the MARS code's hyperopt TPE was for 20 trials "
         "(n_startup_jobs = 20), absolute radii",
-        sampler="random",
+        sampler={"name": "random"},
         relative=False,
         extra=True,
     ),
@@ -249,25 +262,6 @@ STRATEGIES: tuple[Strategy, ...] = (
     ),
 )
 STRATEGY_NAMES = {s.name: s for s in STRATEGIES}
-
-
-def register_samplers(n_trials: int) -> None:
-    """The samplers the strategies name that Tether does not have (in this process)."""
-    import optuna
-
-    from tether.search.samplers import list_samplers
-    from tether.search.samplers import register_sampler
-
-    def independent(seed: int | None) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.TPESampler(seed=seed, multivariate=False, n_startup_trials=10)
-
-    def sized(seed: int | None) -> optuna.samplers.BaseSampler:
-        startup = max(1, n_trials // 4)
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=startup)
-
-    for name, builder in (("tpe-independent", independent), ("tpe-sized", sized)):
-        if name not in list_samplers():
-            register_sampler(name)(builder)
 
 
 @dataclass(frozen=True)
@@ -450,7 +444,6 @@ def run_search(out: Path, setup: Setup, job: Job, cache_dir: str | None) -> dict
     from tether.search.execution.studies import best_trial
 
     os.environ.setdefault("TETHER_NUM_THREADS", "1")
-    register_samplers(setup.n_trials)
     spec_path, db = out / "specs" / f"{job.name}.yaml", job.storage(out)
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     db.parent.mkdir(parents=True, exist_ok=True)

@@ -20,12 +20,9 @@ from benchmarks.search_cost import main
 from benchmarks.search_cost import pending
 from benchmarks.search_cost import ran_in_order
 from benchmarks.search_cost import read_jsonl
-from benchmarks.search_cost import register_samplers
 from benchmarks.search_cost import report
 from benchmarks.search_cost import startable
 from benchmarks.search_cost import summaries
-from tether.registry import Registry
-from tether.search import samplers
 from tether.search.spec import spec_from_dict
 
 
@@ -171,7 +168,12 @@ def test_a_quick_run_records_every_search_and_reports_its_rows(
         assert len(r["test"]["accuracy"]) == 1
         assert 0 < r["test"]["accuracy"][0] <= 1
     reference, defaults = records["reference"]["spec"], records["defaults"]["spec"]
-    assert reference["sampler"] == {"name": "tpe-independent", "seed": 0}
+    assert reference["sampler"] == {
+        "name": "tpe",
+        "n_startup_trials": 10,
+        "multivariate": False,
+        "seed": 0,
+    }
     assert reference["methods"]["mars-pgm"]["relative"] is False
     assert "pruner" not in defaults
     assert defaults["sampler"] == {"seed": 0}
@@ -187,18 +189,6 @@ def test_a_quick_run_records_every_search_and_reports_its_rows(
         main(["--out", str(tmp_path), "--trials", "4"])
 
 
-@pytest.fixture
-def benchmark_samplers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The benchmark's samplers, registered in a copy of Tether's registry for one test (the
-    real one lists Tether's own, which tests/search/test_samplers.py checks)."""
-    copy = Registry[Any]("sampler")
-    for name in samplers.list_samplers():
-        copy.add(name, samplers._SAMPLERS.get(name))
-    monkeypatch.setattr(samplers, "_SAMPLERS", copy)
-    register_samplers(20)
-
-
-@pytest.mark.usefixtures("benchmark_samplers")
 @pytest.mark.parametrize("strategy", [s.name for s in STRATEGIES])
 def test_every_strategy_is_a_spec_tether_accepts(strategy: str, tmp_path: Path) -> None:
     data = Setup().spec(Job("clean", strategy, 2), tmp_path)
