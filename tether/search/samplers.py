@@ -13,6 +13,15 @@ repeat's either.
 Optuna does not store samplers or pruners in its storage, so every worker rebuilds them from the
 same spec.
 
+Defaults, chosen by ``benchmarks/search_cost.py`` (MARS-PGM's two radii on the digits task, 20
+trials of 80 epochs, 5 sampler seeds; figures in ``benchmarks/search_cost.md``):
+
+- ``sampler.n_startup_trials``: a quarter of the budget, at most 10 (:func:`default_startup`).
+  Optuna's 10 leaves a 20-trial search half random and an 8-trial one all random.
+- ``pruner.n_warmup_steps``: a quarter of the epochs (:func:`default_warmup`). With no warm-up
+  the median pruner judged trials on their first epoch or two and stopped, on 1 seed of 5,
+  every trial that would have reached the target.
+
 Example:
     >>> type(make_sampler(SamplerConfig(name="tpe", seed=7), offset=1, n_trials=20)).__name__
     'TPESampler'

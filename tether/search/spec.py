@@ -10,7 +10,7 @@ points to try first, the budget per method, the sampler and pruner, and the fina
     recipe: ../configs/digits.yaml
     set: {train.epochs: 60}             # dotted or nested keys, merged into the recipe
     budget: {n_trials: 12, timeout: null, trial_timeout: 600, repeats: 1}
-    sampler: {name: tpe, seed: null}
+    sampler: {name: tpe, seed: null}    # n_startup_trials, multivariate: see below
     pruner: {name: median, n_startup_trials: 4, n_warmup_steps: 10}
     methods:
       standard: {}
@@ -35,6 +35,11 @@ points to try first, the budget per method, the sampler and pruner, and the fina
 repeat with its own studies and sampler seed: which configuration wins a few trials is itself
 random, and only independent searches measure that part of the variance, which the evaluation
 seeds do not (:func:`repeats_of`; ``tether compare`` reports across them).
+
+A spec that names no sampler or pruner searches with TPE (multivariate, Optuna 5) whose random
+start-up is a quarter of ``budget.n_trials`` (at most 10), and the median pruner, which stops
+no trial before 5 have finished nor before a quarter of the epochs
+(:mod:`tether.search.samplers`; why: ``benchmarks/search_cost.md``).
 
 A parameter is a range ``{low, high, log}`` (``log`` defaults to true; the integer parameters,
 epochs, default to false) or a list of choices.

@@ -108,6 +108,18 @@ def test_a_worker_with_another_optuna_major_refuses_to_join(tmp_path: Path) -> N
                slots=parse_devices("cpu", 1), log_dir=tmp_path)  # fmt: skip
 
 
+def test_a_search_sizes_the_default_start_up_and_warm_up_to_its_budget(tmp_path: Path) -> None:
+    spec = _spec(budget={"n_trials": 8}, set={"train.epochs": 12})
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    create_studies(spec, storage)
+    with Launcher() as launcher:
+        search = Search(spec, storage=storage, launcher=launcher,
+                        slots=parse_devices("cpu", 1), log_dir=tmp_path)  # fmt: skip
+        (state,) = search.states
+    assert state.study.sampler._n_startup_trials == 2  # type: ignore[union-attr]
+    assert state.study.pruner._n_warmup_steps == 3  # type: ignore[attr-defined]
+
+
 # --- warm starts ------------------------------------------------------------------------------
 
 
