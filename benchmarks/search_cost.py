@@ -437,6 +437,53 @@ def trial_rows(url: str) -> list[dict[str, Any]]:
     return rows
 
 
+def restore_source(out: Path, job: Job) -> Path | None:
+    """Write the storage of ``job``'s source search from its record, if the file is missing.
+
+    Storages are not committed, so in a later checkout the search a ``start_from`` strategy
+    starts from exists only as its record. The record keeps what ``start_from:`` reads: every
+    complete trial's parameters and value in trial order (so equal values rank as they did),
+    the ranges of the parameters and whether the radii were relative. The file appears whole or
+    not at all (written aside, then renamed). Returns the path written, or None.
+    """
+    import optuna
+    from optuna.distributions import BaseDistribution
+    from optuna.distributions import FloatDistribution
+
+    from tether.search.execution.studies import SPEC_ATTR
+
+    source = job.source()
+    if source is None or source.storage(out).exists():
+        return None
+    (record,) = [
+        r
+        for r in read_jsonl(out / "results.jsonl")
+        if Job(r["variant"], r["strategy"], r["seed"]) == source
+    ]
+    entry = record["spec"]["methods"][METHOD]
+    ranges: dict[str, BaseDistribution] = {
+        name: FloatDistribution(entry[name]["low"], entry[name]["high"], log=entry[name]["log"])
+        for name in ("radius", "head_radius")
+    }
+    path = source.storage(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    aside = path.with_name(f"{path.name}.{os.getpid()}.part")
+    aside.unlink(missing_ok=True)
+    study = optuna.create_study(
+        study_name=source.study, storage=f"sqlite:///{aside}", direction="maximize"
+    )
+    study.set_user_attr(SPEC_ATTR, {"name": record["spec"]["name"], "methods": {METHOD: entry}})
+    for t in sorted(record["trials"], key=lambda t: t["number"]):
+        if t["study"] == METHOD and t["state"] == "COMPLETE" and t["value"] is not None:
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=t["params"], distributions=ranges, value=t["value"]
+                )
+            )
+    aside.rename(path)
+    return path
+
+
 def run_search(out: Path, setup: Setup, job: Job, cache_dir: str | None) -> dict[str, Any]:
     """Search, read the trials, test the returned configuration; the record (appended)."""
     import optuna
@@ -448,6 +495,7 @@ def run_search(out: Path, setup: Setup, job: Job, cache_dir: str | None) -> dict
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     db.parent.mkdir(parents=True, exist_ok=True)
     db.unlink(missing_ok=True)  # an unfinished search starts again from nothing
+    restore_source(out, job)
     spec = setup.spec(job, out)
     spec_path.write_text(json.dumps(spec, indent=1))
     url = f"sqlite:///{db}"

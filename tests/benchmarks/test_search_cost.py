@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 
 from benchmarks import search_cost
@@ -21,9 +22,12 @@ from benchmarks.search_cost import pending
 from benchmarks.search_cost import ran_in_order
 from benchmarks.search_cost import read_jsonl
 from benchmarks.search_cost import report
+from benchmarks.search_cost import restore_source
 from benchmarks.search_cost import startable
 from benchmarks.search_cost import summaries
 from tether.search.spec import spec_from_dict
+from tether.search.start_from import _stored_relative
+from tether.search.start_from import best_trials
 
 
 def trial(
@@ -218,3 +222,33 @@ def test_a_search_that_starts_from_another_waits_for_it(tmp_path: Path) -> None:
     assert pending(tmp_path, ["clean"], ["tpe", "gp"], 4) == [
         Job("clean", s, k) for k in range(4) for s in ("tpe", "gp") if (s, k) != ("tpe", 3)
     ]
+
+
+def test_a_missing_source_storage_is_restored_from_its_record(tmp_path: Path) -> None:
+    """Storages are not committed: a later checkout rebuilds the source from results.jsonl."""
+    job = Job.parse("clean.warm-study.s1")
+    source_spec = Setup().spec(Job("noisy", "tpe", 1), tmp_path)
+    points = [(0.2, 3.0, 0.80), (0.1, 5.0, 0.90), (0.4, 1.0, None), (0.05, 9.0, 0.90)]
+    trials = [
+        {**trial(value, state="COMPLETE" if value else "FAIL", number=i),
+         "params": {"radius": r, "head_radius": h}}
+        for i, (r, h, value) in enumerate(points)
+    ]  # fmt: skip
+    rows = [
+        {"variant": "noisy", "strategy": "tpe", "seed": 1, "spec": source_spec, "trials": trials},
+        {"variant": "clean", "strategy": "tpe", "seed": 1, "spec": {}, "trials": []},
+    ]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = restore_source(tmp_path, job)
+    assert path == tmp_path / "storages" / "noisy.tpe.s1.db"
+    assert not list(path.parent.glob("*.part"))
+
+    (start,) = Setup().spec(job, tmp_path)["methods"]["mars-pgm"]["start_from"]
+    study = optuna.load_study(study_name=start["study"], storage=start["storage"])
+    assert [(t.params, t.value) for t in best_trials(study, 3)] == [
+        ({"radius": 0.1, "head_radius": 5.0}, 0.90),
+        ({"radius": 0.05, "head_radius": 9.0}, 0.90),
+        ({"radius": 0.2, "head_radius": 3.0}, 0.80),
+    ]
+    assert _stored_relative(study) is True
+    assert restore_source(tmp_path, job) is None  # there now: left alone
