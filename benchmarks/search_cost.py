@@ -437,6 +437,23 @@ def trial_rows(url: str) -> list[dict[str, Any]]:
     return rows
 
 
+def recorded_spec(spec: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """``spec`` as its record keeps it, with no machine's paths: the recipe relative to the
+    repository, a ``start_from`` storage relative to ``out``."""
+    entry = dict(spec["methods"][METHOD])
+    if "start_from" in entry:
+        entry["start_from"] = [
+            {
+                **s,
+                "storage": "sqlite:///"
+                + str(Path(s["storage"].removeprefix("sqlite:///")).relative_to(out)),
+            }
+            for s in entry["start_from"]
+        ]
+    methods = {**spec["methods"], METHOD: entry}
+    return {**spec, "recipe": str(RECIPE.relative_to(ROOT)), "methods": methods}
+
+
 def restore_source(out: Path, job: Job) -> Path | None:
     """Write the storage of ``job``'s source search from its record, if the file is missing.
 
@@ -509,7 +526,7 @@ def run_search(out: Path, setup: Setup, job: Job, cache_dir: str | None) -> dict
         "variant": job.variant,
         "strategy": job.strategy,
         "seed": job.seed,
-        "spec": {**spec, "recipe": str(RECIPE.relative_to(ROOT))},  # no machine's paths
+        "spec": recorded_spec(spec, out),
         "trials": trial_rows(url),
         "best": None
         if best is None

@@ -21,6 +21,7 @@ from benchmarks.search_cost import main
 from benchmarks.search_cost import pending
 from benchmarks.search_cost import ran_in_order
 from benchmarks.search_cost import read_jsonl
+from benchmarks.search_cost import recorded_spec
 from benchmarks.search_cost import report
 from benchmarks.search_cost import restore_source
 from benchmarks.search_cost import startable
@@ -252,3 +253,13 @@ def test_a_missing_source_storage_is_restored_from_its_record(tmp_path: Path) ->
     ]
     assert _stored_relative(study) is True
     assert restore_source(tmp_path, job) is None  # there now: left alone
+
+
+def test_a_record_keeps_no_machine_paths(tmp_path: Path) -> None:
+    spec = Setup().spec(Job.parse("noisy.warm-study.s2"), tmp_path)
+    kept = recorded_spec(spec, tmp_path)
+    assert str(tmp_path) not in json.dumps(kept)
+    assert kept["recipe"] == "configs/digits.yaml"
+    (start,) = kept["methods"]["mars-pgm"]["start_from"]
+    assert start["storage"] == "sqlite:///storages/clean.tpe.s2.db"
+    assert spec["methods"]["mars-pgm"]["start_from"][0]["storage"].startswith("sqlite:////")
