@@ -134,6 +134,7 @@ class Strategy:
             (Tether's default sampler).
         pruner: ``pruner:`` of the spec; None: the spec names none (Tether's default).
         warmup_share: the median pruner's ``n_warmup_steps`` as a share of the epochs.
+        startup_share: the sampler's ``n_startup_trials`` as a share of the trials (at least 1).
         relative: radii relative to each row's pretrained norm (else absolute, rescaled
             ranges, see :data:`ABSOLUTE_SCALE`).
         options: more keys of the ``mars-pgm`` entry (``enqueue``, ``warm_start``, ...).
@@ -152,6 +153,7 @@ class Strategy:
     sampler: Mapping[str, Any] | None = field(default_factory=lambda: dict(OPTUNA_TPE))
     pruner: Mapping[str, Any] | None = field(default_factory=lambda: {"name": "none"})
     warmup_share: float | None = None
+    startup_share: float | None = None
     relative: bool = True
     options: Mapping[str, Any] = field(default_factory=dict)
     sources: Mapping[str, Any] = field(default_factory=dict)
@@ -160,7 +162,13 @@ class Strategy:
     extra: bool = False
 
     def spec_data(
-        self, *, seed: int, epochs: int, absolute: tuple[float, float], source: Mapping[str, Any]
+        self,
+        *,
+        seed: int,
+        n_trials: int,
+        epochs: int,
+        absolute: tuple[float, float],
+        source: Mapping[str, Any],
     ) -> dict[str, Any]:
         """The ``sampler``, ``pruner`` and ``methods`` of the strategy's spec; ``source``: the
         ``study`` and ``storage`` it starts from (with :attr:`start_from`)."""
@@ -179,6 +187,8 @@ class Strategy:
             "sampler": {**(self.sampler or {}), "seed": seed},
             "methods": {**self.sources, METHOD: entry},
         }
+        if self.startup_share is not None:
+            data["sampler"]["n_startup_trials"] = max(1, int(self.startup_share * n_trials))
         if self.pruner is not None:
             data["pruner"] = dict(self.pruner)
             if self.warmup_share is not None:
@@ -231,7 +241,8 @@ STRATEGIES: tuple[Strategy, ...] = (
     Strategy(
         "tpe-multivariate",
         "multivariate TPE with a start-up of a quarter of the budget",
-        sampler={"name": "tpe", "n_startup_trials": 5},
+        sampler={"name": "tpe"},
+        startup_share=0.25,
     ),
     Strategy(
         "warm-known",
@@ -290,6 +301,7 @@ class Setup:
             "artifacts": False,
             **STRATEGY_NAMES[job.strategy].spec_data(
                 seed=job.seed,
+                n_trials=self.n_trials,
                 epochs=self.epochs,
                 absolute=self.absolute,
                 source={}

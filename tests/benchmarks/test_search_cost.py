@@ -263,3 +263,11 @@ def test_a_record_keeps_no_machine_paths(tmp_path: Path) -> None:
     (start,) = kept["methods"]["mars-pgm"]["start_from"]
     assert start["storage"] == "sqlite:///storages/clean.tpe.s2.db"
     assert spec["methods"]["mars-pgm"]["start_from"][0]["storage"].startswith("sqlite:////")
+
+
+@pytest.mark.parametrize(("n_trials", "startup"), [(3, 1), (20, 5), (40, 10)])
+def test_the_sized_start_up_follows_the_budget(
+    n_trials: int, startup: int, tmp_path: Path
+) -> None:
+    data = Setup(n_trials=n_trials).spec(Job("noisy", "tpe-multivariate", 0), tmp_path)
+    assert data["sampler"] == {"name": "tpe", "seed": 0, "n_startup_trials": startup}
